@@ -1,0 +1,3 @@
+from pointwin.cli import main
+
+raise SystemExit(main())
