@@ -1,0 +1,43 @@
+"""Group softmax attention: dispatch between the exact torch paths and the Triton kernel."""
+
+from __future__ import annotations
+
+import torch
+
+from ...partition.base import Partition
+from .reference import check_qkv, group_attention_equal, group_attention_varlen
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition,
+                    scale: float | None = None, dropout_p: float = 0.0, backend: str = "auto") -> torch.Tensor:
+    """Softmax attention among the slots of each group of ``partition``.
+
+    Args:
+        q, k: (N, H, D) per-voxel queries and keys; v: (N, H, Dv) values.
+        partition: which voxels attend to each other; keys at ``key_pad`` slots are ignored and voxel
+            n's output is the output of its ``owner`` slot.
+        scale: softmax scale, default 1/sqrt(D).
+        dropout_p: attention dropout (torch paths only; the Triton path falls back to torch when > 0).
+        backend: "auto" (equal-size groups -> one SDPA call; variable-length -> Triton on CUDA, bucketed
+            torch elsewhere), "torch" (always the exact torch path) or "triton" (force the Triton kernel,
+            also on CPU tensors under ``TRITON_INTERPRET=1``; for tests).
+
+    Returns:
+        (N, H, Dv) attention output per voxel.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"group_attention: backend must be one of {BACKENDS}, got {backend!r}")
+    check_qkv(q, k, v, partition, "group_attention")
+    use_triton = backend == "triton" or (
+        backend == "auto" and partition.size is None and q.is_cuda and dropout_p == 0.0)
+    if use_triton:
+        if dropout_p != 0.0:
+            raise ValueError("group_attention: the Triton backend has no attention dropout; use backend='torch'")
+        from .triton_group import group_attention_triton  # lazy: triton is optional
+
+        return group_attention_triton(q, k, v, partition, scale)
+    if partition.size is not None:
+        return group_attention_equal(q, k, v, partition, scale, dropout_p)
+    return group_attention_varlen(q, k, v, partition, scale, dropout_p)

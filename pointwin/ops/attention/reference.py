@@ -1,0 +1,156 @@
+"""Exact PyTorch paths for group softmax attention and scattered linear attention.
+
+These run anywhere (CPU, CUDA, float64 for gradcheck) and are the ground truth the Triton kernels are
+tested against. They gather features per slot explicitly; the Triton kernels read through
+``partition.index`` instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ...partition.base import Partition
+
+SLA_EPS = 1e-6
+
+# Bucket lengths for variable-length groups: powers of two and 1.5x powers of two, so a group is padded
+# by at most 1.5x per side (a pure power-of-two ladder would waste up to 4x of the attention work).
+_MAX_BUCKET_ELEMS = 1 << 25  # score elements (groups x heads x L x L) per SDPA call, bounds peak memory
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition, op: str) -> None:
+    """Raise ValueError naming the tensor when q/k/v/partition disagree."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 3:
+            raise ValueError(f"{op}: {name} must be a (N, H, D) tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if q.shape[:2] != k.shape[:2] or k.shape[:2] != v.shape[:2] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"{op}: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must share N and H, "
+                         f"and q, k must share D")
+    if q.shape[0] != partition.num_voxels:
+        raise ValueError(f"{op}: q has {q.shape[0]} voxels but partition.owner has {partition.num_voxels}")
+    if partition.index.device != q.device:
+        raise ValueError(f"{op}: partition is on {partition.index.device} but q is on {q.device}")
+
+
+def bucket_length(sizes: torch.Tensor) -> torch.Tensor:
+    """Padded length per group: the smallest of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... that is >= size."""
+    sizes = sizes.clamp(min=1)
+    p = torch.floor(torch.log2(sizes.double())).long()
+    low = torch.ones_like(sizes) << p  # largest power of two <= size
+    mid = low + (low >> 1)
+    return torch.where(sizes == low, low, torch.where((sizes <= mid) & (low >= 2), mid, low << 1))
+
+
+def _sdpa(q, k, v, mask, scale, dropout_p):
+    """q, k, v (B, L, H, D), mask (B, L) keys to attend or None -> (B, L, H, Dv)."""
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    attn_mask = None if mask is None else mask[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    return out.transpose(1, 2)
+
+
+def group_attention_equal(q, k, v, partition: Partition, scale=None, dropout_p=0.0) -> torch.Tensor:
+    """Equal-size groups: gather to (G, S, H, D) and one SDPA call. Returns (N, H, Dv)."""
+    S, G = int(partition.size), partition.num_groups
+    idx = partition.index
+    qg, kg, vg = (t[idx].view(G, S, *t.shape[1:]) for t in (q, k, v))
+    mask = None if partition.key_pad is None else ~partition.key_pad.view(G, S)
+    out = _sdpa(qg, kg, vg, mask, scale, dropout_p)
+    return out.reshape(G * S, *out.shape[2:])[partition.owner]
+
+
+def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=0.0) -> torch.Tensor:
+    """Variable-length groups: bucket groups by padded length, one masked SDPA call per bucket (and chunk).
+
+    The number of SDPA calls is the number of distinct bucket lengths (logarithmic in the longest
+    group), not the number of groups. Returns (N, H, Dv).
+    """
+    N, H = q.shape[:2]
+    offsets, idx = partition.offsets, partition.index
+    sizes = partition.group_sizes()
+    lengths = bucket_length(sizes)
+    # Only the owner slots' outputs are kept: write them into a per-slot buffer, then read by owner.
+    out_slots = q.new_zeros(partition.num_slots, H, v.shape[2])
+    is_owner = torch.zeros(partition.num_slots, dtype=torch.bool, device=q.device)
+    is_owner[partition.owner] = True
+    key_ok = None if partition.key_pad is None else ~partition.key_pad
+    for L in torch.unique(lengths).tolist():
+        groups = (lengths == L).nonzero().squeeze(1)
+        chunk = max(1, _MAX_BUCKET_ELEMS // (H * L * L))
+        for c0 in range(0, groups.numel(), chunk):
+            g = groups[c0:c0 + chunk]
+            pos = offsets[g][:, None] + torch.arange(L, device=q.device)[None, :]  # (B, L) slot of each place
+            valid = torch.arange(L, device=q.device)[None, :] < sizes[g][:, None]
+            pos = torch.where(valid, pos, offsets[g][:, None])  # padding reads the group's first slot
+            vox = idx[pos]
+            mask = valid if key_ok is None else valid & key_ok[pos]
+            if bool(mask.all()):
+                mask = None
+            o = _sdpa(q[vox], k[vox], v[vox], mask, scale, dropout_p)
+            keep = valid & is_owner[pos]
+            out_slots = out_slots.index_put((pos[keep],), o[keep])
+    return out_slots[partition.owner]
+
+
+def group_attention_reference(q, k, v, partition: Partition, scale=None, dropout_p=0.0) -> torch.Tensor:
+    """Exact torch group attention: equal-size path when ``partition.size`` is set, else bucketed."""
+    if partition.size is not None:
+        return group_attention_equal(q, k, v, partition, scale, dropout_p)
+    return group_attention_varlen(q, k, v, partition, scale, dropout_p)
+
+
+def _chunks(n: int, per_row: int) -> tuple[range, int]:
+    step = max(1, _MAX_BUCKET_ELEMS // max(per_row, 1))
+    return range(0, n, step), step
+
+
+def sla_kv_state(k, v, partition: Partition) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-group state of scattered linear attention.
+
+    Returns KV (G, H, D, Dv) = sum_i phi(k_i)^T v_i and s (G, H, D) = sum_i phi(k_i) over the group's
+    slots that are not key_pad, with phi = ReLU.
+    """
+    H, D, Dv = k.shape[1], k.shape[2], v.shape[2]
+    G = partition.num_groups
+    slot_group = partition.slot_group()
+    slots = torch.arange(partition.num_slots, device=k.device)
+    if partition.key_pad is not None:
+        slots = slots[~partition.key_pad]
+    kv = k.new_zeros(G, H, D, Dv)
+    s = k.new_zeros(G, H, D)
+    starts, step = _chunks(slots.numel(), H * D * Dv)
+    for c0 in starts:
+        sl = slots[c0:c0 + step]
+        vox, grp = partition.index[sl], slot_group[sl]
+        pk = F.relu(k[vox])
+        kv = kv.index_add(0, grp, torch.einsum("mhd,mhe->mhde", pk, v[vox]))
+        s = s.index_add(0, grp, pk)
+    return kv, s
+
+
+def scattered_linear_attention_reference(q, k, v, partition: Partition, eps: float = SLA_EPS) -> torch.Tensor:
+    """ScatterFormer's scattered linear attention (exact torch path). Returns (N, H, Dv).
+
+    y_n = phi(q_n) KV_g / (phi(q_n) . s_g + eps) with g the group of voxel n's owner slot.
+    """
+    kv, s = sla_kv_state(k, v, partition)
+    group_of_voxel = partition.slot_group()[partition.owner]
+    pq = F.relu(q)
+    N, H, D = q.shape
+    outs = []
+    starts, step = _chunks(N, H * D * v.shape[2])
+    for c0 in starts:
+        g = group_of_voxel[c0:c0 + step]
+        p = pq[c0:c0 + step]
+        num = torch.einsum("nhd,nhde->nhe", p, kv[g])
+        den = (p * s[g]).sum(-1, keepdim=True) + eps
+        outs.append(num / den)
+    return torch.cat(outs) if outs else q.new_zeros(0, H, v.shape[2])
+
+
+def default_scale(q: torch.Tensor, scale: float | None) -> float:
+    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
