@@ -1,5 +1,25 @@
 """Window partitions: every scheme returns a :class:`Partition`."""
 
 from .base import Partition
+from .bev import bev_windows
+from .curve import CURVES, curve_patches, hilbert_encode, serialize, z_order_encode
+from .flattened import flattened_order_key, flattened_windows
+from .radial import exponential_split_edges, exponential_split_index, radial_windows, spherical_coords
+from .rotated import rotated_sets
 
-__all__ = ["Partition"]
+__all__ = [
+    "CURVES",
+    "Partition",
+    "bev_windows",
+    "curve_patches",
+    "exponential_split_edges",
+    "exponential_split_index",
+    "flattened_order_key",
+    "flattened_windows",
+    "hilbert_encode",
+    "radial_windows",
+    "rotated_sets",
+    "serialize",
+    "spherical_coords",
+    "z_order_encode",
+]

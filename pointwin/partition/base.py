@@ -86,7 +86,7 @@ class Partition:
         group = self.slot_group()
         # A voxel repeated inside one group must be marked key_pad on every slot but its first.
         pair = group * N + index
-        order = torch.argsort(pair * M + torch.arange(M, device=index.device))
+        order = torch.sort(pair, stable=True)[1]  # equal pairs keep slot order: the first is the earliest
         first = torch.ones(M, dtype=torch.bool, device=index.device)
         first[order[1:]] = pair[order[1:]] != pair[order[:-1]]
         if self.key_pad is not None:

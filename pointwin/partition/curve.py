@@ -1,0 +1,124 @@
+"""Space-filling-curve patches (PTv3-style serialisation): z-order or Hilbert codes, patches of K."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from ._common import check_coords, check_shape, equal_groups, sample_sizes_of, stable_order
+from .base import Partition
+
+CURVES = ("z", "z-trans", "hilbert", "hilbert-trans")
+
+
+def z_order_encode(xyz: torch.Tensor, depth: int) -> torch.Tensor:
+    """int64 (N,) Morton code of int (N, 3) ``(x, y, z)`` with ``depth`` bits per axis.
+
+    Bit i of x goes to code bit 3i+2, of y to 3i+1, of z to 3i (x most significant at every level).
+    """
+    c = xyz.long()
+    code = torch.zeros(c.shape[0], dtype=torch.int64, device=c.device)
+    for i in range(depth):  # loop over bit levels, not voxels
+        for axis in range(3):
+            code |= ((c[:, axis] >> i) & 1) << (3 * i + 2 - axis)
+    return code
+
+
+def hilbert_encode(xyz: torch.Tensor, depth: int) -> torch.Tensor:
+    """int64 (N,) 3-D Hilbert index of int (N, 3) ``(x, y, z)`` with ``depth`` bits per axis.
+
+    Skilling's "axes to transpose" (AIP Conf. Proc. 707, 2004), vectorised over points: undo the
+    excess work level by level (invert or exchange low bits against axis 0), Gray-encode across
+    axes, then interleave the transposed bits MSB first with x first. Consecutive indices are
+    face-adjacent cells, and index 0 is the origin.
+    """
+    X = [xyz[:, a].long().clone() for a in range(3)]
+    if depth < 1:
+        return torch.zeros(xyz.shape[0], dtype=torch.int64, device=xyz.device)
+    M = 1 << (depth - 1)
+    Q = M
+    while Q > 1:
+        P = Q - 1
+        for i in range(3):
+            has = (X[i] & Q) != 0
+            t = (X[0] ^ X[i]) & P
+            new0 = torch.where(has, X[0] ^ P, X[0] ^ t)
+            if i != 0:
+                X[i] = torch.where(has, X[i], X[i] ^ t)
+            X[0] = new0
+        Q >>= 1
+    for i in range(1, 3):
+        X[i] = X[i] ^ X[i - 1]
+    t = torch.zeros_like(X[0])
+    Q = M
+    while Q > 1:
+        t = torch.where((X[2] & Q) != 0, t ^ (Q - 1), t)
+        Q >>= 1
+    X = [v ^ t for v in X]
+    code = torch.zeros_like(X[0])
+    for level in range(depth - 1, -1, -1):  # MSB first
+        for a in range(3):
+            code = (code << 1) | ((X[a] >> level) & 1)
+    return code
+
+
+def curve_depth(coords: torch.Tensor, spatial_shape: Sequence[int] | None) -> int:
+    """Bits per axis: enough for the grid extent (or for the largest coordinate when no grid is given)."""
+    if spatial_shape is not None:
+        hi = max(int(s) for s in spatial_shape) - 1
+    else:
+        hi = int(coords[:, 1:].max()) if coords.shape[0] else 0
+    return max(int(hi).bit_length(), 1)
+
+
+def serialize(coords: torch.Tensor, curve: str = "z", spatial_shape: Sequence[int] | None = None) -> torch.Tensor:
+    """int64 (N,) code ``b << (3 * depth) | curve_code(x, y, z)`` (the "-trans" curves swap x and y).
+
+    Raises ValueError, naming the coordinate range, when batch and code do not fit in 63 bits.
+    """
+    if curve not in CURVES:
+        raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
+    shape = None if spatial_shape is None else check_shape(spatial_shape)
+    c = check_coords("curve_patches coords", coords, shape)
+    depth = curve_depth(c, shape)
+    B = int(c[:, 0].max()) + 1 if c.shape[0] else 1
+    batch_bits = max(B - 1, 0).bit_length()
+    if 3 * depth + batch_bits > 63:
+        lo = c[:, 1:].amin(0).tolist() if c.shape[0] else []
+        hi = c[:, 1:].amax(0).tolist() if c.shape[0] else []
+        raise ValueError(f"curve_patches: coordinates (z, y, x) in [{lo}, {hi}] need {depth} bits per axis "
+                         f"(3 * {depth} = {3 * depth}) plus {batch_bits} batch bits for {B} samples, more than the "
+                         f"63 bits of an int64 code; use a coarser grid or fewer samples per call")
+    xyz = c[:, [3, 2, 1]]
+    if curve.endswith("-trans"):
+        xyz = xyz[:, [1, 0, 2]]
+    code = z_order_encode(xyz, depth) if curve.startswith("z") else hilbert_encode(xyz, depth)
+    return (c[:, 0] << (3 * depth)) | code
+
+
+def curve_patches(coords: torch.Tensor, curve: str = "z", patch_size: int = 1024,
+                  spatial_shape: Sequence[int] | None = None) -> Partition:
+    """Serialise voxels along a space-filling curve and cut each sample into patches of K.
+
+    Args:
+        coords: int32 (N, 4) rows ``(b, z, y, x)``.
+        curve: ``"z"``, ``"z-trans"``, ``"hilbert"`` or ``"hilbert-trans"`` (trans = x and y swapped).
+        patch_size: K, slots per patch.
+        spatial_shape: optional ``(Z, Y, X)``; when given the code depth follows the grid (so the order
+            never depends on which voxels are present, which matters for Hilbert); otherwise the
+            largest coordinate sets it.
+
+    Returns:
+        Partition with ``size = K``. A sample's last partial patch takes, for its missing slots, the
+        voxels K positions earlier (tokens of the patch before it); a sample with fewer than K voxels
+        forms one patch repeating its voxels (``key_pad`` marks repeats). Patches never mix samples.
+    """
+    K = int(patch_size)
+    if K < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    with torch.no_grad():
+        code = serialize(coords, curve, spatial_shape)
+        _, order = stable_order(code)
+        sizes = sample_sizes_of(coords[order, 0].long())
+        return equal_groups(order, sizes, K, tail="borrow")
