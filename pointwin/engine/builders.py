@@ -1,0 +1,98 @@
+"""Build models, datasets and evaluators named in a config.
+
+A ``type`` is either a registered name (``FlatFormer``, ``SyntheticDataset``; built by
+``pointwin.models.build_model`` / ``pointwin.datasets.build_dataset``) or an import path
+``package.module:Name`` for user code outside pointwin. A config may also list ``imports:`` — modules
+imported before anything is built, so that their registry decorators run (mmdet's ``custom_imports``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pointwin.config import Config, ConfigError, to_plain
+
+
+def import_modules(cfg: Mapping) -> None:
+    """Import every module named in ``cfg['imports']`` (a list of dotted module names)."""
+    names = cfg.get("imports") or []
+    if isinstance(names, str):
+        names = [names]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"imports: cannot import module {name!r}: {e}") from None
+
+
+def import_object(path: str, where: str) -> Any:
+    """``"pkg.mod:Name"`` -> the object."""
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{where}: type {path!r}: cannot import {module_name!r}: {e}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{where}: type {path!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _build_imported(cfg: Mapping, where: str) -> Any:
+    target = import_object(cfg["type"], where)
+    kwargs = {k: v for k, v in to_plain(cfg).items() if k != "type"}
+    params = inspect.signature(target).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ConfigError(f"{where}: {cfg['type']} has no parameter(s) {unknown}; valid: {list(params)}")
+    return target(**kwargs)
+
+
+def _check(cfg: Any, where: str) -> None:
+    if not isinstance(cfg, Mapping) or "type" not in cfg:
+        raise ConfigError(f"{where}: expected a mapping with a 'type' key, got {cfg!r}")
+
+
+def _builder(module: str, name: str, where: str) -> Callable:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"{where}: {module} cannot be imported in this build ({e})") from None
+    fn = getattr(mod, name, None)
+    if fn is None:
+        raise ConfigError(f"{where}: {module}.{name} is not available in this build; "
+                          "name an importable class as 'type: package.module:Class' instead")
+    return fn
+
+
+def build_model(cfg: Mapping, where: str = "model") -> Any:
+    _check(cfg, where)
+    if ":" in str(cfg["type"]):
+        return _build_imported(cfg, where)
+    return _builder("pointwin.models", "build_model", where)(Config(cfg))
+
+
+def build_dataset(cfg: Mapping, where: str = "data") -> Any:
+    _check(cfg, where)
+    if ":" in str(cfg["type"]):
+        return _build_imported(cfg, where)
+    return _builder("pointwin.datasets", "build_dataset", where)(Config(cfg))
+
+
+def dataset_evaluator(dataset: Any, eval_cfg: Mapping | None = None) -> Callable[[list], dict[str, float]] | None:
+    """The evaluation function for ``dataset``: its ``evaluate(results, **eval_cfg)`` method, or None."""
+    fn = getattr(dataset, "evaluate", None)
+    if fn is None:
+        return None
+    kwargs = dict(to_plain(eval_cfg or {}))
+
+    def evaluate(results: list) -> dict[str, float]:
+        return fn(results, **kwargs)
+
+    return evaluate

@@ -1,0 +1,177 @@
+"""Checkpoints: everything a run needs to continue exactly, stored without pickle.
+
+A checkpoint is a ``torch.save`` file whose contents are only tensors, numbers, strings, lists and
+dicts, so it loads with ``torch.load(weights_only=True)`` (no code runs on load). RNG states are
+stored as tensors. Files are written to a temporary name in the same directory and renamed, so a
+crash mid-write never leaves a truncated ``latest.pth``.
+
+Layout of a checkpoint::
+
+    {"format": "pointwin-ckpt-1", "model": state_dict, "optimizer": ..., "scheduler": ...,
+     "scaler": ..., "epoch": int (epochs finished), "iteration": int (optimizer steps done),
+     "epoch_iter": int (batches consumed in the current epoch), "rng": {...}, "config": yaml str,
+     "meta": {...}}
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "pointwin-ckpt-1"
+LATEST = "latest.pth"
+_EPOCH_RE = re.compile(r"^epoch_(\d+)(?:_iter_(\d+))?\.pth$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, unreadable or does not fit the model; the message names the file."""
+
+
+# ---------------------------------------------------------------- RNG state as tensors
+def get_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch CPU and CUDA generator states, as tensors and ints only."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()  # noqa: NPY002 (legacy global state, saved for code that uses it)
+    state: dict[str, Any] = {
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "python_version": int(py_version),
+        "python_gauss": None if py_gauss is None else float(py_gauss),
+        "numpy_keys": torch.from_numpy(np_keys.astype(np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "numpy_name": str(np_name),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()),
+                     state["python_gauss"]))
+    np_state = (state["numpy_name"], state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                state["numpy_has_gauss"], state["numpy_gauss"])
+    np.random.set_state(np_state)  # noqa: NPY002
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"][: torch.cuda.device_count()]
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+
+
+# ---------------------------------------------------------------- write / read
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temp file in the target directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(model.module, torch.nn.Module) else model
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    scheduler: Any = None, scaler: Any = None, *, epoch: int = 0, iteration: int = 0,
+                    epoch_iter: int = 0, config: str = "", meta: dict | None = None) -> Path:
+    """Write a full training checkpoint atomically (see the module docstring for the layout)."""
+    state = {
+        "format": FORMAT,
+        "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
+        "epoch": int(epoch),
+        "iteration": int(iteration),
+        "epoch_iter": int(epoch_iter),
+        "rng": get_rng_state(),
+        "config": config,
+        "meta": meta or {},
+    }
+    return atomic_torch_save(state, path)
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``. Plain state dicts (no ``format`` key) are accepted
+    and returned as ``{"model": state_dict}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, pickle with code objects, ...
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
+    if state.get("format") != FORMAT:
+        if "state_dict" in state and isinstance(state["state_dict"], dict):
+            return {"model": state["state_dict"]}
+        if "model" in state and isinstance(state["model"], dict) and "format" not in state:
+            return {"model": state["model"]}
+        if all(isinstance(v, torch.Tensor) for v in state.values()):
+            return {"model": state}
+        raise CheckpointError(f"checkpoint {path} is not a pointwin checkpoint (format={state.get('format')!r}) "
+                              "nor a plain state dict")
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path = "<memory>",
+                       strict: bool = True) -> None:
+    """Load ``state['model']`` into ``model``; on a mismatch, name the missing/unexpected keys."""
+    result = _unwrap(model).load_state_dict(state["model"], strict=False)
+    if strict and (result.missing_keys or result.unexpected_keys):
+        raise CheckpointError(f"checkpoint {path} does not fit the model: missing keys {result.missing_keys[:10]}"
+                              f"{' ...' if len(result.missing_keys) > 10 else ''}, unexpected keys "
+                              f"{result.unexpected_keys[:10]}{' ...' if len(result.unexpected_keys) > 10 else ''}")
+
+
+def checkpoint_sort_key(path: Path) -> tuple[int, int]:
+    m = _EPOCH_RE.match(path.name)
+    if not m:
+        return (-1, -1)
+    return (int(m.group(1)), int(m.group(2)) if m.group(2) is not None else 1 << 62)
+
+
+def list_checkpoints(work_dir: str | Path) -> list[Path]:
+    """``epoch_*.pth`` files in ``work_dir``, newest (by epoch, then iteration) first."""
+    work_dir = Path(work_dir)
+    if not work_dir.is_dir():
+        return []
+    found = [p for p in work_dir.iterdir() if _EPOCH_RE.match(p.name)]
+    return sorted(found, key=checkpoint_sort_key, reverse=True)
+
+
+def find_resume_checkpoint(work_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The last good checkpoint in ``work_dir``: ``latest.pth`` (always written last) and then ``epoch_*.pth``
+    from the newest down; an unreadable file is skipped with a warning. None if there is none."""
+    work_dir = Path(work_dir)
+    candidates = ([work_dir / LATEST] if (work_dir / LATEST).is_file() else []) + list_checkpoints(work_dir)
+    for path in candidates:
+        try:
+            state = load_checkpoint_file(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping unreadable checkpoint: {e}", stacklevel=2)
+            continue
+        if state.get("format") == FORMAT:
+            return path, state
+    return None
