@@ -1,0 +1,139 @@
+"""Sparse conv vs dense torch conv3d / conv_transpose3d on a densified small grid, masked to active sites."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pointwin.ops import SparseConv3d, SparseInverseConv3d, SubMConv3d
+from pointwin.ops.sparse_conv import sparse_conv3d, sparse_inverse_conv3d, subm_conv3d
+from pointwin.structures import SparseVoxels
+
+SHAPE = (5, 6, 7)
+
+
+def random_voxels(channels: int, seed: int = 0, batch: int = 2, density: float = 0.3, shape=SHAPE,
+                  dtype=torch.float32) -> SparseVoxels:
+    gen = torch.Generator().manual_seed(seed)
+    occ = torch.rand(batch, *shape, generator=gen) < density
+    coords = occ.nonzero().to(torch.int32)
+    coords = coords[torch.randperm(coords.shape[0], generator=gen)]  # order must not matter
+    feats = torch.randn(coords.shape[0], channels, generator=gen, dtype=dtype)
+    return SparseVoxels(feats, coords, shape, batch)
+
+
+def at_sites(dense: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """(B, C, Z, Y, X) dense tensor -> (N, C) rows at (b, z, y, x) coords."""
+    c = coords.long()
+    return dense[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
+
+
+def dense_weight(w: torch.Tensor) -> torch.Tensor:
+    """(C_out, kz, ky, kx, C_in) -> conv3d's (C_out, C_in, kz, ky, kx)."""
+    return w.permute(0, 4, 1, 2, 3)
+
+
+@pytest.mark.parametrize("kernel,dilation", [((3, 3, 3), 1), ((1, 3, 5), 1), ((3, 3, 3), 2)])
+def test_submanifold_matches_dense(kernel, dilation):
+    x = random_voxels(4)
+    w = torch.randn(6, *kernel, 4, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+    xd = x.replace(x.feats.double())
+    out = subm_conv3d(xd, w, b, dilation=dilation)
+    pad = tuple(dilation * (k // 2) for k in kernel)
+    ref = F.conv3d(xd.dense(), dense_weight(w), b, padding=pad, dilation=dilation)
+    assert torch.equal(out.coords, x.coords)
+    torch.testing.assert_close(out.feats, at_sites(ref, x.coords))
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, 2, 1), (2, 2, 0), ((1, 3, 3), (1, 2, 2), (0, 1, 1))])
+def test_strided_matches_dense(kernel, stride, padding):
+    x = random_voxels(3, seed=1)
+    ks = (kernel,) * 3 if isinstance(kernel, int) else kernel
+    w = torch.randn(5, *ks, 3, dtype=torch.float64)
+    xd = x.replace(x.feats.double())
+    out = sparse_conv3d(xd, w, None, stride=stride, padding=padding)
+    ref = F.conv3d(xd.dense(), dense_weight(w), stride=stride, padding=padding)
+    # Output sites: exactly those that some active input reaches.
+    occ = (xd.dense().abs().sum(1, keepdim=True) > 0).double()
+    reach = F.conv3d(occ, torch.ones(1, 1, *ks, dtype=torch.float64), stride=stride, padding=padding)[:, 0] > 0
+    assert tuple(out.spatial_shape) == tuple(ref.shape[2:])
+    assert torch.equal(out.coords.long(), reach.nonzero())
+    torch.testing.assert_close(out.feats, at_sites(ref, out.coords))
+
+
+def test_inverse_matches_conv_transpose():
+    x = random_voxels(3, seed=2)
+    xd = x.replace(x.feats.double())
+    w_down = torch.randn(4, 3, 3, 3, 3, dtype=torch.float64)
+    down = sparse_conv3d(xd, w_down, None, stride=2, padding=1, indice_key="d1")
+    w_up = torch.randn(2, 3, 3, 3, 4, dtype=torch.float64)  # (C_out, k, k, k, C_in) like every conv here
+    up = sparse_inverse_conv3d(down, w_up, "d1")
+    assert torch.equal(up.coords, x.coords) and up.spatial_shape == x.spatial_shape
+    coarse = down.dense()
+    base = tuple((c - 1) * 2 - 2 * 1 + 3 for c in coarse.shape[2:])
+    out_pad = tuple(s - b for s, b in zip(SHAPE, base))
+    ref = F.conv_transpose3d(coarse, w_up.permute(4, 0, 1, 2, 3), stride=2, padding=1, output_padding=out_pad)
+    torch.testing.assert_close(up.feats, at_sites(ref, x.coords))
+    with pytest.raises(ValueError, match="indice_key='nope'"):
+        sparse_inverse_conv3d(down, w_up, "nope")
+
+
+def test_depthwise_matches_grouped_dense():
+    x = random_voxels(4, seed=3)
+    xd = x.replace(x.feats.double())
+    w = torch.randn(4, 3, 3, 3, 1, dtype=torch.float64)
+    out = subm_conv3d(xd, w, depthwise=True)
+    ref = F.conv3d(xd.dense(), dense_weight(w), padding=1, groups=4)
+    torch.testing.assert_close(out.feats, at_sites(ref, x.coords))
+    out = sparse_conv3d(xd, w, stride=2, padding=1, depthwise=True, indice_key="dw")
+    ref = F.conv3d(xd.dense(), dense_weight(w), stride=2, padding=1, groups=4)
+    torch.testing.assert_close(out.feats, at_sites(ref, out.coords))
+    up = sparse_inverse_conv3d(out, w, "dw", depthwise=True)
+    base = tuple((c - 1) * 2 - 2 + 3 for c in out.spatial_shape)
+    ref = F.conv_transpose3d(out.dense(), w.permute(0, 4, 1, 2, 3), stride=2, padding=1, groups=4,
+                             output_padding=tuple(s - b for s, b in zip(SHAPE, base)))
+    torch.testing.assert_close(up.feats, at_sites(ref, x.coords))
+
+
+def test_gradcheck_subm_strided_inverse():
+    x = random_voxels(2, seed=4, batch=1, density=0.2, shape=(3, 4, 4), dtype=torch.float64)
+    feats = x.feats.clone().requires_grad_()
+    w1 = torch.randn(3, 3, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    w2 = torch.randn(2, 2, 2, 2, 3, dtype=torch.float64, requires_grad=True)
+    w3 = torch.randn(2, 2, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    wd = torch.randn(2, 3, 3, 3, 1, dtype=torch.float64, requires_grad=True)
+
+    def net(f, a, b, c, d):
+        y = subm_conv3d(x.replace(f), a)
+        z = sparse_conv3d(y, b, stride=2, indice_key="k")
+        z = subm_conv3d(z, d, depthwise=True)
+        return sparse_inverse_conv3d(z, c, "k").feats
+
+    assert torch.autograd.gradcheck(net, (feats, w1, w2, w3, wd), fast_mode=True)
+
+
+def test_modules_cache_and_layout():
+    x = random_voxels(4, seed=5)
+    conv = SubMConv3d(4, 8, 3)
+    assert tuple(conv.weight.shape) == (8, 3, 3, 3, 4)
+    y = conv(x)
+    torch.testing.assert_close(y.feats, subm_conv3d(x, conv.weight, conv.bias).feats)
+    kmap = x.cache[("sparse_conv.subm", (3, 3, 3), (1, 1, 1))]
+    conv(x)
+    assert x.cache[("sparse_conv.subm", (3, 3, 3), (1, 1, 1))] is kmap  # built once, reused
+    down = SparseConv3d(8, 16, 3, stride=2, padding=1, indice_key="s1")
+    up = SparseInverseConv3d(16, 8, 3, indice_key="s1")
+    dw = SubMConv3d(16, 16, 3, depthwise=True)
+    assert tuple(dw.weight.shape) == (16, 3, 3, 3, 1)
+    z = up(dw(down(y)))
+    assert torch.equal(z.coords, x.coords) and z.feats.shape == (x.num_voxels, 8)
+    z.feats.sum().backward()
+    assert all(p.grad is not None for p in (*conv.parameters(), *down.parameters(), *up.parameters()))
+    with pytest.raises(ValueError, match="expected 8"):
+        down(x)
+    with pytest.raises(ValueError, match="indice_key"):
+        SparseInverseConv3d(4, 4, 3)
+    with pytest.raises(ValueError, match="odd kernel"):
+        SubMConv3d(4, 4, 2)(x)
