@@ -6,6 +6,14 @@ from .attention import (  # noqa: F401
     scattered_linear_attention,
     scattered_linear_attention_reference,
 )
+from .boxes import (  # noqa: F401
+    boxes_iou3d,
+    boxes_iou_bev,
+    boxes_overlap_bev,
+    circle_nms,
+    nms_bev,
+    points_in_boxes,
+)
 from .sparse_conv import (  # noqa: F401
     SparseConv3d,
     SparseInverseConv3d,
