@@ -1,28 +1,438 @@
-"""The ``pointwin`` command."""
+"""The ``pointwin`` command.
+
+Subcommands::
+
+    pointwin demo [--quick]                       synthetic data -> train -> evaluate -> pictures
+    pointwin train CONFIG [--resume auto]         (torchrun --nproc_per_node N -m pointwin train CONFIG)
+    pointwin test CONFIG --ckpt CKPT              evaluate a checkpoint
+    pointwin create-data {nuscenes,waymo,kitti,synthetic} ...
+    pointwin eval {waymo,nuscenes} ...            metrics from prediction files
+    pointwin visualize {sample,points,curves} ... BEV / 3D pictures, training curves
+    pointwin export CONFIG --ckpt CKPT ...        ONNX / TensorRT
+    pointwin bench ...                            speed benchmarks
+
+Common flags: --work-dir, --set key=value (repeatable), --seed, --device, --amp.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import inspect
 import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as ``pointwin <cmd>: error: ...`` without a traceback."""
+
+
+def _common(parser: argparse.ArgumentParser, work_dir: bool = True) -> None:
+    g = parser.add_argument_group("common options")
+    if work_dir:
+        g.add_argument("--work-dir", type=Path, default=None,
+                       help="output folder (default: work_dirs/<config name>)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable; +key=value adds a key)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    g.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16 autocast) on CUDA")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pointwin", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="train and evaluate a small detector on synthetic scenes")
+    parser = argparse.ArgumentParser(prog="pointwin", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    from pointwin import __version__
+
+    parser.add_argument("--version", action="version", version=f"pointwin {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate synthetic scenes, train a small detector, evaluate, draw pictures")
+    p.add_argument("--quick", action="store_true", help="1-2 minute smoke version (low accuracy)")
+    p.add_argument("--data-dir", type=Path, default=None, help="where to write the synthetic data "
+                   "(default: <work-dir>/data)")
+    p.add_argument("--config", type=Path, default=None, help="demo config (default: configs/synthetic/demo.yaml)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    _common(p)
+
+    p = sub.add_parser("train", help="train a model from a config (torchrun-aware)")
+    p.add_argument("config", type=Path, help="YAML config")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue a run: 'auto' takes the last good checkpoint in the work dir")
+    p.add_argument("--load-from", type=Path, default=None, help="start from these model weights (fine-tuning)")
+    p.add_argument("--no-eval", action="store_true", help="skip evaluation during training")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(p)
+
+    p = sub.add_parser("test", help="evaluate a checkpoint on the validation (or test) split")
+    p.add_argument("config", type=Path, help="YAML config")
+    p.add_argument("--ckpt", type=Path, required=True, help="checkpoint (.pth) to evaluate")
+    p.add_argument("--split", default="val", help="data.<split> section of the config to use (default val)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _common(p)
+
+    p = sub.add_parser("create-data", help="convert a dataset to pointwin's info files")
+    p.add_argument("dataset", choices=["nuscenes", "waymo", "kitti", "synthetic"])
+    p.add_argument("--root", type=Path, default=None, help="dataset root (raw files)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: --root; synthetic: data/synthetic)")
+    p.add_argument("--version", default=None, help="nuScenes version, e.g. v1.0-mini, v1.0-trainval")
+    p.add_argument("--split", default=None, help="split to convert (dataset specific)")
+    p.add_argument("--max-sweeps", type=int, default=10, help="nuScenes: sweeps per keyframe")
+    p.add_argument("--workers", type=int, default=4, help="parallel worker processes")
+    p.add_argument("--shard", default=None, metavar="I/N", help="convert only shard I of N (Waymo)")
+    p.add_argument("--num-train", type=int, default=200, help="synthetic: training frames")
+    p.add_argument("--num-val", type=int, default=50, help="synthetic: validation frames")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: base seed")
+
+    p = sub.add_parser("eval", help="compute metrics from prediction files")
+    p.add_argument("benchmark", choices=["waymo", "nuscenes"])
+    p.add_argument("--pred", type=Path, required=True, help="predictions (Waymo Objects .bin / nuScenes JSON)")
+    p.add_argument("--gt", type=Path, default=None, help="Waymo: ground truth Objects .bin")
+    p.add_argument("--dataroot", type=Path, default=None, help="nuScenes: dataset root")
+    p.add_argument("--version", default="v1.0-trainval", help="nuScenes version")
+    p.add_argument("--eval-set", default="val", help="nuScenes split (val, mini_val, ...)")
+    p.add_argument("--out", type=Path, default=None, help="also write the metrics as JSON here")
+
+    p = sub.add_parser("visualize", help="bird's-eye-view / 3D pictures and training curves")
+    vsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    v = vsub.add_parser("sample", help="a dataset frame with GT boxes (and predictions with --ckpt)")
+    v.add_argument("config", type=Path)
+    v.add_argument("--ckpt", type=Path, default=None, help="draw this model's predictions too")
+    v.add_argument("--split", default="val")
+    v.add_argument("--index", type=int, nargs="+", default=[0], help="frame index(es)")
+    v.add_argument("--score-thr", type=float, default=0.3)
+    v.add_argument("--renderer", choices=["bev", "open3d"], default="bev")
+    v.add_argument("--out", type=Path, default=None, help="output folder (default: <work-dir>/vis)")
+    _common(v)
+    v = vsub.add_parser("points", help="a point file (.bin float32 / .npy) with optional boxes JSON")
+    v.add_argument("file", type=Path)
+    v.add_argument("--dims", type=int, default=4, help=".bin: float32 values per point (KITTI 4, nuScenes 5)")
+    v.add_argument("--boxes", type=Path, default=None, help="JSON list of [x,y,z,dx,dy,dz,yaw] boxes")
+    v.add_argument("--renderer", choices=["bev", "open3d"], default="bev")
+    v.add_argument("--range", type=float, default=60.0, help="half-width of the BEV picture in metres")
+    v.add_argument("--out", type=Path, required=True, help="output PNG")
+    v = vsub.add_parser("curves", help="training curves PNG from a run's log.jsonl")
+    v.add_argument("log", type=Path, help="log.jsonl (or the work dir holding it)")
+    v.add_argument("--out", type=Path, default=None, help="output PNG (default: next to the log)")
+
+    p = sub.add_parser("export", help="export a detector to ONNX / TensorRT")
+    p.add_argument("config", type=Path)
+    p.add_argument("--ckpt", type=Path, required=True)
+    p.add_argument("--format", choices=["onnx", "tensorrt"], default="onnx")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--profile-from", default=None, help="dataset (config split) for TensorRT shape profiles")
+    _common(p, work_dir=False)
+
+    p = sub.add_parser("bench", help="per-stage latency and memory benchmarks")
+    p.add_argument("--config", type=Path, action="append", default=[], help="config(s) to benchmark (default: all)")
+    p.add_argument("--input", default=None, help="input cloud (default: the real sample files)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="Markdown file to append to")
+    _common(p, work_dir=False)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        import torch
+# ---------------------------------------------------------------- helpers
+def _load_config(path: Path, overrides: list[str], seed: int | None = None, amp: bool = False):
+    from pointwin.config import load_config
 
-        from pointwin.structures import Points
+    cfg = load_config(path, overrides)
+    if amp:
+        cfg.setdefault("train", {})["amp"] = True
+    from pointwin.engine.builders import import_modules
 
-        pts = Points.from_list([torch.randn(100, 4)])
-        print(f"pointwin is installed; {len(pts)} points in a batch of {pts.batch_size}")
+    import_modules(cfg)
+    return cfg
+
+
+def _work_dir(args: argparse.Namespace) -> Path:
+    if getattr(args, "work_dir", None) is not None:
+        return args.work_dir
+    return Path("work_dirs") / args.config.stem
+
+
+def _data_section(cfg: Any, split: str) -> Any:
+    data = cfg.get("data") or {}
+    if split not in data:
+        raise CLIError(f"config has no data.{split} section (found: {sorted(data)})")
+    return data[split]
+
+
+def _call_available(module: str, names: tuple[str, ...], what: str) -> Any:
+    """The first of ``module.names`` that exists, or a CLIError saying the feature is not in this build."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        if e.name and not e.name.startswith(module.split(".")[0]):
+            raise CLIError(f"{what} needs the Python package {e.name!r}, which is not installed") from None
+        raise CLIError(f"{what} is not available yet in this build ({module} is missing)") from None
+    for name in names:
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return fn
+    raise CLIError(f"{what} is not available yet in this build ({module} has no {' / '.join(names)})")
+
+
+def _call_with(fn: Any, **candidates: Any) -> Any:
+    """Call ``fn`` with the candidates its signature accepts (keyword names), skipping None values."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**{k: v for k, v in candidates.items() if v is not None})
+    return fn(**{k: v for k, v in candidates.items() if k in params and v is not None})
+
+
+def print_metrics(metrics: dict, title: str = "metrics") -> str:
+    """A two-column table of the scalar metrics; returns the text."""
+    rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    width = max([len(k) for k, _ in rows] + [len(title)])
+    lines = [f"{title:<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{k:<{width}}  {v:.4f}" for k, v in rows]
+    text = "\n".join(lines)
+    print(text)
+    return text
+
+
+# ---------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from pointwin.engine import Trainer, TrainSettings, dist
+    from pointwin.engine.builders import build_dataset, build_model, dataset_evaluator
+
+    cfg = _load_config(args.config, args.overrides, amp=args.amp)
+    info = dist.init_distributed(None if args.device == "auto" else args.device)
+    try:
+        settings = TrainSettings.from_config(cfg.get("train"))
+        model = build_model(cfg["model"], "model")
+        train_set = build_dataset(_data_section(cfg, "train"), "data.train")
+        val_cfg = (cfg.get("data") or {}).get("val")
+        val_set = build_dataset(val_cfg, "data.val") if val_cfg and not args.no_eval else None
+        if val_set is None:
+            settings.eval_every = 0
+        trainer = Trainer(model, train_set, settings, _work_dir(args), val_set=val_set,
+                          evaluate_fn=dataset_evaluator(val_set, cfg.get("eval")) if val_set is not None else None,
+                          device=args.device, seed=args.seed, config_text=cfg.dump(),
+                          progress=not args.no_progress)
+        if args.load_from is not None:
+            trainer.load_weights(args.load_from)
+        if args.resume:
+            trainer.resume(args.resume)
+        metrics = trainer.fit()
+        trainer.close()
+        if info.is_main and metrics:
+            print_metrics(metrics, "validation")
+    finally:
+        dist.cleanup()
     return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    import json
+
+    from pointwin.engine import Trainer, TrainSettings, dist
+    from pointwin.engine.builders import build_dataset, build_model, dataset_evaluator
+
+    cfg = _load_config(args.config, args.overrides, amp=args.amp)
+    info = dist.init_distributed(None if args.device == "auto" else args.device)
+    try:
+        settings = TrainSettings.from_config(cfg.get("train"))
+        model = build_model(cfg["model"], "model")
+        dataset = build_dataset(_data_section(cfg, args.split), f"data.{args.split}")
+        evaluate_fn = dataset_evaluator(dataset, cfg.get("eval"))
+        if evaluate_fn is None:
+            raise CLIError(f"the data.{args.split} dataset ({type(dataset).__name__}) has no evaluate() method")
+        work_dir = _work_dir(args)
+        trainer = Trainer(model, None, settings, work_dir, evaluate_fn=evaluate_fn, device=args.device,
+                          seed=args.seed, progress=not args.no_progress)
+        trainer.load_weights(args.ckpt)
+        metrics = trainer.evaluate(dataset)
+        trainer.close()
+        if info.is_main and metrics is not None:
+            print_metrics(metrics, f"{args.split} ({args.ckpt.name})")
+            out = work_dir / f"test_{args.split}_metrics.json"
+            out.write_text(json.dumps(metrics, indent=2, default=str))
+            print(f"metrics written to {out}")
+    finally:
+        dist.cleanup()
+    return 0
+
+
+def cmd_create_data(args: argparse.Namespace) -> int:
+    what = f"create-data {args.dataset}"
+    if args.dataset == "synthetic":
+        fn = _call_available("pointwin.datasets.synthetic", ("create_synthetic",), what)
+        out = args.out or Path("data/synthetic")
+        written = fn(out, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+        for split, path in written.items():
+            print(f"{split}: {path}")
+        return 0
+    if args.root is None:
+        raise CLIError(f"{what} needs --root (the folder holding the raw dataset)")
+    if not args.root.exists():
+        raise CLIError(f"{what}: --root {args.root} does not exist")
+    module, names = {
+        "nuscenes": ("pointwin.datasets.nuscenes", ("create_nuscenes_infos",)),
+        "waymo": ("pointwin.datasets.waymo", ("create_waymo_infos",)),
+        "kitti": ("pointwin.datasets.kitti", ("create_kitti_infos",)),
+    }[args.dataset]
+    fn = _call_available(module, names, what)
+    shard = None
+    if args.shard is not None:
+        try:
+            i, n = (int(v) for v in args.shard.split("/"))
+        except ValueError:
+            raise CLIError(f"--shard must look like I/N (e.g. 0/4), got {args.shard!r}") from None
+        if not 0 <= i < n:
+            raise CLIError(f"--shard {args.shard}: need 0 <= I < N")
+        shard = (i, n)
+    out = args.out or args.root
+    result = _call_with(fn, root=args.root, data_root=args.root, dataroot=args.root, out_dir=out, out=out,
+                        version=args.version, split=args.split, max_sweeps=args.max_sweeps,
+                        workers=args.workers, num_workers=args.workers, shard=shard)
+    if result is not None:
+        print(result)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    if not args.pred.exists():
+        raise CLIError(f"--pred {args.pred} does not exist")
+    if args.benchmark == "waymo":
+        if args.gt is None:
+            raise CLIError("eval waymo needs --gt (ground-truth Objects .bin)")
+        if not args.gt.exists():
+            raise CLIError(f"--gt {args.gt} does not exist")
+        evaluate_files = _call_available("pointwin.evaluation.waymo", ("evaluate_files",), "eval waymo")
+        format_table = _call_available("pointwin.evaluation.waymo", ("format_table",), "eval waymo")
+        result = evaluate_files(args.pred, args.gt)
+        print(format_table(result))
+    else:
+        if args.dataroot is None:
+            raise CLIError("eval nuscenes needs --dataroot (the nuScenes folder with the JSON tables)")
+        evaluate = _call_available("pointwin.evaluation.nuscenes", ("evaluate_files", "evaluate_submission"),
+                                   "eval nuscenes")
+        result = _call_with(evaluate, result_path=args.pred, pred_path=args.pred, dataroot=args.dataroot,
+                            version=args.version, eval_set=args.eval_set)
+        table = getattr(importlib.import_module("pointwin.evaluation.nuscenes"), "format_table", None)
+        print(table(result) if callable(table) else json.dumps(result, indent=2, default=str))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2, default=str))
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from pointwin import visualize as vis
+
+    if args.what == "curves":
+        log = args.log / "log.jsonl" if args.log.is_dir() else args.log
+        if not log.is_file():
+            raise CLIError(f"no training log at {log}")
+        out = args.out or log.with_name("training_curves.png")
+        vis.plot_training_curves(log, out)
+        print(f"wrote {out}")
+        return 0
+    if args.what == "points":
+        import json
+
+        import numpy as np
+
+        points = vis.read_points_file(args.file, args.dims)
+        boxes = None
+        if args.boxes is not None:
+            boxes = np.asarray(json.loads(args.boxes.read_text()), dtype=np.float32).reshape(-1, 7)
+        r = args.range
+        if args.renderer == "open3d":
+            vis.render_open3d(points, args.out, gt_boxes=boxes)
+        else:
+            vis.draw_bev(points, args.out, gt_boxes=boxes, extent=(-r, -r, r, r), title=args.file.name)
+        print(f"wrote {args.out}")
+        return 0
+    # sample
+    cfg = _load_config(args.config, args.overrides)
+    from pointwin.engine import Trainer, TrainSettings
+    from pointwin.engine.builders import build_dataset, build_model
+
+    dataset = build_dataset(_data_section(cfg, args.split), f"data.{args.split}")
+    predictions = None
+    if args.ckpt is not None:
+        model = build_model(cfg["model"], "model")
+        trainer = Trainer(model, None, TrainSettings.from_config(cfg.get("train")), _work_dir(args),
+                          device=args.device, seed=args.seed, progress=False)
+        trainer.load_weights(args.ckpt)
+        from torch.utils.data import Subset
+
+        predictions = trainer.predict(Subset(dataset, args.index))
+    out_dir = args.out or _work_dir(args) / "vis"
+    for k, index in enumerate(args.index):
+        if not 0 <= index < len(dataset):
+            raise CLIError(f"--index {index} out of range for data.{args.split} ({len(dataset)} frames)")
+        sample = dataset[index]
+        pred = predictions[k] if predictions is not None else None
+        path = out_dir / f"{sample.frame_id}.png"
+        if args.renderer == "open3d":
+            vis.render_open3d(sample.points.numpy(), path, gt_boxes=sample.boxes, pred=pred,
+                              score_thr=args.score_thr)
+        else:
+            vis.draw_sample_bev(sample, path, pred=pred, score_thr=args.score_thr,
+                                class_names=getattr(dataset, "class_names", None))
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    fn = _call_available("pointwin.export", ("export_main", "cli_export"), "pointwin export")
+    return int(fn(args) or 0)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    for module in ("pointwin.bench", "benchmarks.run", "benchmarks"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        fn = getattr(mod, "bench_main", None) or getattr(mod, "main", None)
+        if callable(fn):
+            return int(fn(args) or 0)
+    raise CLIError("pointwin bench is not available yet in this build (no pointwin.bench / benchmarks module); "
+                   "run the scripts in benchmarks/ directly once they exist")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pointwin.demo import run_demo
+
+    result = run_demo(work_dir=args.work_dir, quick=args.quick, device=args.device, seed=args.seed,
+                      overrides=args.overrides, amp=args.amp, data_dir=args.data_dir, config=args.config,
+                      threads=args.threads)
+    return 0 if result is not None else 1
+
+
+COMMANDS = {"train": cmd_train, "test": cmd_test, "create-data": cmd_create_data, "eval": cmd_eval,
+            "visualize": cmd_visualize, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from pointwin.config import ConfigError
+    from pointwin.engine.checkpoint import CheckpointError
+
+    try:
+        return COMMANDS[args.command](args)
+    except CLIError as e:
+        print(f"pointwin {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if "not available yet" in str(e) else EXIT_USAGE
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"pointwin {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"pointwin {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
