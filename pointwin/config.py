@@ -21,6 +21,7 @@ Every error names the file and the dotted key.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,21 @@ import yaml
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` / ``5E+4`` as floats (PyYAML's YAML 1.1 rules need a dot,
+    so ``lr: 1e-3`` would otherwise be the string "1e-3")."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with scientific-notation floats."""
+    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
 
 
 class ConfigError(ValueError):
@@ -98,7 +114,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if data is None:
@@ -137,7 +153,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r} has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
     return parts, value

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ._checks import check_finite, check_tensor
 from .boxes import Boxes3D
 from .points import Points
 
@@ -33,6 +34,29 @@ class Sample:
     labels: torch.Tensor | None = None
     point_labels: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"Sample {self.frame_id!r}"
+        check_tensor(f"{where} points", self.points, ndim=2, dtypes=(torch.float32, torch.float16, torch.bfloat16,
+                                                                    torch.float64))
+        self.channels = tuple(self.channels)
+        if len(self.channels) != self.points.shape[1] or len(self.channels) < 3:
+            raise ValueError(f"{where}: channels {self.channels} must name the {self.points.shape[1]} point columns "
+                             f"(x, y, z first)")
+        check_finite(f"{where} points[:, :3]", self.points[:, :3])
+        if self.boxes is not None and not isinstance(self.boxes, Boxes3D):
+            raise ValueError(f"{where}: boxes must be Boxes3D or None, got {type(self.boxes).__name__}")
+        if self.labels is not None:
+            check_tensor(f"{where} labels", self.labels, ndim=1, dtypes=(torch.int64, torch.int32))
+            if self.boxes is None or len(self.labels) != len(self.boxes):
+                raise ValueError(f"{where}: labels has {len(self.labels)} entries for "
+                                 f"{'no' if self.boxes is None else len(self.boxes)} boxes")
+        if self.point_labels is not None:
+            check_tensor(f"{where} point_labels", self.point_labels, ndim=1,
+                         dtypes=(torch.int64, torch.int32, torch.int16, torch.uint8))
+            if len(self.point_labels) != len(self.points):
+                raise ValueError(f"{where}: point_labels has {len(self.point_labels)} entries for "
+                                 f"{len(self.points)} points")
 
 
 @dataclass
