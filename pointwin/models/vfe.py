@@ -1,0 +1,115 @@
+"""Voxel feature encoders: a PointNet over the points of each voxel (dynamic, no point cap).
+
+Per-point input = the first ``num_point_features`` columns of :class:`~pointwin.structures.Points`
+(x, y, z then intensity, elongation, time lag ... as the dataset provides), plus the offset to the
+voxel's point mean (``with_cluster_center``), the offset to the voxel's geometric centre
+(``with_voxel_center``) and the distance to the sensor (``with_distance``). Each PFN layer is
+Linear (no bias) -> BatchNorm -> ReLU per point; between layers the voxel-wise max is concatenated back
+to every point; the last layer's voxel-wise max is the voxel feature (PointPillars / DynamicVFE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..ops import voxel_pool, voxelize
+from ..ops.voxelize import Voxelization, grid_shape
+from ..structures import Points, SparseVoxels
+
+
+class PFNLayer(nn.Module):
+    """One PointNet layer: (P, Cin) points -> (P, Cout) per point and (V, Cout) per-voxel max."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(cin, cout, bias=False)
+        self.norm = nn.BatchNorm1d(cout, eps=1e-3, momentum=0.01)
+
+    def forward(self, x: torch.Tensor, point_voxel: torch.Tensor, num_voxels: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.relu(self.norm(self.linear(x)))
+        return x, voxel_pool(x, point_voxel, num_voxels, "max")
+
+
+class DynamicVFE(nn.Module):
+    """Dynamic voxel / pillar feature encoder.
+
+    Args:
+        voxel_size: (vx, vy, vz) metres; a pillar VFE uses vz = z1 - z0 (see :class:`DynamicPillarVFE`).
+        point_cloud_range: (x0, y0, z0, x1, y1, z1).
+        num_point_features: columns of ``Points.data`` fed in (x, y, z first).
+        feat_channels: widths of the PFN layers; ``out_channels`` is the last.
+
+    Shapes: Points (N, C) -> SparseVoxels feats (V, feat_channels[-1]) on the grid ``grid_shape``.
+    """
+
+    def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], num_point_features: int = 4,
+                 feat_channels: Sequence[int] = (64, 128), with_cluster_center: bool = True,
+                 with_voxel_center: bool = True, with_distance: bool = False) -> None:
+        super().__init__()
+        if len(feat_channels) < 1:
+            raise ValueError("DynamicVFE: feat_channels needs at least one layer width")
+        if num_point_features < 3:
+            raise ValueError(f"DynamicVFE: num_point_features must be >= 3 (x, y, z), got {num_point_features}")
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
+        self.spatial_shape = grid_shape(self.voxel_size, self.point_cloud_range)
+        self.num_point_features = num_point_features
+        self.with_cluster_center, self.with_voxel_center = with_cluster_center, with_voxel_center
+        self.with_distance = with_distance
+        cin = num_point_features + 3 * with_cluster_center + 3 * with_voxel_center + int(with_distance)
+        layers = []
+        for i, cout in enumerate(feat_channels):
+            layers.append(PFNLayer(cin if i == 0 else 2 * feat_channels[i - 1], cout))
+        self.layers = nn.ModuleList(layers)
+        self.out_channels = int(feat_channels[-1])
+
+    def voxelize(self, points: Points) -> Voxelization:
+        """Grid assignment of every point (outside the range: -1)."""
+        return voxelize(points, self.voxel_size, self.point_cloud_range)
+
+    def point_features(self, points: Points, vox: Voxelization) -> torch.Tensor:
+        """(P, Cin) decorated features of the P kept points (in input order)."""
+        if points.data.shape[1] < self.num_point_features:
+            raise ValueError(f"DynamicVFE expects >= {self.num_point_features} point columns, the points have "
+                             f"{points.data.shape[1]} ({points.channels})")
+        kept = vox.kept
+        data = points.data[kept, : self.num_point_features].float()
+        pv = vox.point_voxel[kept]
+        xyz = data[:, :3]
+        parts = [data]
+        if self.with_cluster_center:
+            mean = voxel_pool(xyz, pv, vox.num_voxels, "mean")
+            parts.append(xyz - mean[pv])
+        if self.with_voxel_center:
+            parts.append(xyz - vox.voxel_centers()[pv])
+        if self.with_distance:
+            parts.append(xyz.norm(dim=1, keepdim=True))
+        return torch.cat(parts, 1)
+
+    def forward(self, points: Points, vox: Voxelization | None = None) -> SparseVoxels:
+        vox = self.voxelize(points) if vox is None else vox
+        x = self.point_features(points, vox)
+        pv = vox.point_voxel[vox.kept]
+        pooled = None
+        for i, layer in enumerate(self.layers):
+            x, pooled = layer(x, pv, vox.num_voxels)
+            if i + 1 < len(self.layers):
+                x = torch.cat([x, pooled[pv]], 1)
+        return vox.to_sparse(pooled)
+
+
+class DynamicPillarVFE(DynamicVFE):
+    """:class:`DynamicVFE` on pillars: ``voxel_size`` may give (vx, vy) or (vx, vy, anything); the z size is
+    set to the full z extent of ``point_cloud_range`` so the grid has Z = 1."""
+
+    def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], num_point_features: int = 4,
+                 feat_channels: Sequence[int] = (64, 128), with_cluster_center: bool = True,
+                 with_voxel_center: bool = True, with_distance: bool = False) -> None:
+        r = [float(v) for v in point_cloud_range]
+        size = (float(voxel_size[0]), float(voxel_size[1]), r[5] - r[2])
+        super().__init__(size, r, num_point_features, feat_channels, with_cluster_center, with_voxel_center,
+                         with_distance)
