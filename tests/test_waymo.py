@@ -336,3 +336,209 @@ def test_frame_to_points_all_lasers_both_returns(tmp_path):
         assert np.abs(g[:, :3] - k[:, :3]).max() < 0.01, (laser, ret)
     first_only = frame_to_points(parsed, returns=(0,))
     assert len(first_only.points) == 800
+
+
+# ---- v2 Parquet --------------------------------------------------------------------------------------
+def test_real_v2_vehicle_pose_reads_float32_storage():
+    from pointwin.datasets.waymo.v2 import read_vehicle_poses
+
+    path = shared_file("waymo/v2/vehicle_pose/10023947602400723454_1120_000_1140_000.parquet")
+    poses = read_vehicle_poses(path.parents[1], path.stem)
+    assert len(poses) == 199
+    ts = np.array(sorted(poses))
+    assert np.allclose(np.diff(ts), 100_000, atol=2_000)  # 10 Hz
+    for m in poses.values():
+        assert m.dtype == np.float64 and m.shape == (4, 4)
+        np.testing.assert_allclose(m[:3, :3] @ m[:3, :3].T, np.eye(3), atol=1e-5)
+        np.testing.assert_array_equal(m[3], [0, 0, 0, 1])
+    first = poses[int(ts[0])]
+    assert first[0, 3] == pytest.approx(860.5948, abs=1e-3) and first[1, 3] == pytest.approx(15568.675, abs=1e-3)
+    # consecutive poses move a plausible distance (< 4 m per 0.1 s)
+    steps = [np.linalg.norm(poses[int(b)][:3, 3] - poses[int(a)][:3, 3]) for a, b in zip(ts[:-1], ts[1:])]
+    assert max(steps) < 4.0
+
+
+def _write_v2_segment(root, segment, frame, known_by_frame_ts=None):
+    """Write the v2 components of a synthetic segment built from a v1-style Frame with range images."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    def put(component, cols):
+        (root / component).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(cols), root / component / f"{segment}.parquet")
+
+    cal = frame.context.laser_calibrations
+    p = "[LiDARCalibrationComponent]"
+    put("lidar_calibration", {
+        "key.segment_context_name": [segment] * len(cal),
+        "key.laser_name": pa.array([c.name for c in cal], pa.int8()),
+        f"{p}.extrinsic.transform": [list(c.extrinsic.transform) for c in cal],
+        f"{p}.beam_inclination.min": [c.beam_inclination_min for c in cal],
+        f"{p}.beam_inclination.max": [c.beam_inclination_max for c in cal],
+        f"{p}.beam_inclination.values": [list(c.beam_inclinations) or None for c in cal],
+    })
+    ts = frame.timestamp_micros
+    rows = {"key.segment_context_name": [], "key.frame_timestamp_micros": [], "key.laser_name": []}
+    p = "[LiDARComponent]"
+    for r in (1, 2):
+        rows[f"{p}.range_image_return{r}.values"] = []
+        rows[f"{p}.range_image_return{r}.shape"] = []
+    for laser in frame.lasers:
+        rows["key.segment_context_name"].append(segment)
+        rows["key.frame_timestamp_micros"].append(ts)
+        rows["key.laser_name"].append(laser.name)
+        for r, msg in ((1, laser.ri_return1), (2, laser.ri_return2)):
+            img = decode_matrix(msg.range_image_compressed) if msg.range_image_compressed else None
+            rows[f"{p}.range_image_return{r}.values"].append(None if img is None else img.ravel().tolist())
+            rows[f"{p}.range_image_return{r}.shape"].append(None if img is None else list(img.shape))
+    put("lidar", rows)
+    pose_img = decode_matrix(frame.lasers[0].ri_return1.range_image_pose_compressed)
+    p = "[LiDARPoseComponent]"
+    put("lidar_pose", {"key.segment_context_name": [segment], "key.frame_timestamp_micros": [ts],
+                       "key.laser_name": pa.array([1], pa.int8()),
+                       f"{p}.range_image_return1.values": [pose_img.ravel().tolist()],
+                       f"{p}.range_image_return1.shape": [list(pose_img.shape)]})
+    # float32 storage on purpose, like the public sample
+    put("vehicle_pose", {"key.segment_context_name": [segment], "key.frame_timestamp_micros": [ts],
+                         "[VehiclePoseComponent].world_from_vehicle.transform":
+                             pa.array([list(frame.pose.transform)], pa.list_(pa.float32(), 16))})
+    p = "[LiDARBoxComponent]"
+    put("lidar_box", {
+        "key.segment_context_name": [segment] * 2, "key.frame_timestamp_micros": [ts, ts],
+        "key.laser_object_id": ["a", "b"],
+        f"{p}.box.center.x": [10.0, -5.0], f"{p}.box.center.y": [2.0, 3.0], f"{p}.box.center.z": [1.0, 0.9],
+        f"{p}.box.size.x": [4.5, 0.8], f"{p}.box.size.y": [2.0, 0.7], f"{p}.box.size.z": [1.6, 1.8],
+        f"{p}.box.heading": [0.3, -1.2], f"{p}.type": pa.array([1, 2], pa.int8()),
+        f"{p}.speed.x": [5.0, None], f"{p}.speed.y": [0.5, None], f"{p}.speed.z": [0.0, None],
+        f"{p}.num_lidar_points_in_box": [120, 0], f"{p}.num_top_lidar_points_in_box": [100, 0],
+        f"{p}.difficulty_level.detection": pa.array([1, 2], pa.int8()),
+        f"{p}.difficulty_level.tracking": pa.array([1, 2], pa.int8()),
+    })
+    p = "[LiDARSegmentationLabelComponent]"
+    seg = np.stack([np.arange(64 * 200).reshape(64, 200) % 7, np.full((64, 200), 3)], -1).astype(np.int32)
+    put("lidar_segmentation", {"key.segment_context_name": [segment], "key.frame_timestamp_micros": [ts],
+                               "key.laser_name": [1], f"{p}.range_image_return1.values": [seg.ravel().tolist()],
+                               f"{p}.range_image_return1.shape": [list(seg.shape)],
+                               f"{p}.range_image_return2.values": [None], f"{p}.range_image_return2.shape": [None]})
+    return seg
+
+
+def test_v2_components_read_and_convert_to_points(tmp_path):
+    from pointwin.datasets.waymo import v2
+
+    frame, expected = _make_frame_with_range_images()
+    seg_labels = _write_v2_segment(tmp_path, "segA", frame)
+    assert v2.list_segments(tmp_path) == ["segA"]
+    calibs = v2.read_lidar_calibrations(tmp_path, "segA")
+    assert sorted(calibs) == [1, 2] and calibs[2].inclinations is None and len(calibs[1].inclinations) == 64
+    (f,) = list(v2.iter_lidar_frames(tmp_path, "segA"))
+    assert f.timestamp == frame.timestamp_micros and f.pixel_pose.shape == (64, 200, 6)
+    fp = v2.frame_points(f, calibs)
+    for laser, ret, known in expected:
+        got = fp.points[(fp.laser == laser) & (fp.return_index == ret)]
+        g, k = got[np.argsort(got[:, 3])], known[np.argsort(known[:, 3])]
+        # the vehicle pose went through float32 storage: allow 1 cm
+        assert np.abs(g[:, :3] - k[:, :3]).max() < 0.01, (laser, ret)
+    boxes = v2.read_lidar_boxes(tmp_path, "segA")[frame.timestamp_micros]
+    np.testing.assert_allclose(boxes.boxes[0], [10, 2, 1, 4.5, 2, 1.6, 0.3])
+    np.testing.assert_allclose(boxes.speed, [[5, 0.5, 0], [0, 0, 0]])
+    assert boxes.types.tolist() == [1, 2] and boxes.ids == ["a", "b"] and boxes.num_lidar_points.tolist() == [120, 0]
+    segs = v2.read_lidar_segmentation(tmp_path, "segA")
+    np.testing.assert_array_equal(segs[(frame.timestamp_micros, 1)][0], seg_labels)
+    assert segs[(frame.timestamp_micros, 1)][1] is None
+    with pytest.raises(FileNotFoundError, match="lidar_box"):
+        v2.read_lidar_boxes(tmp_path, "nope")
+
+
+# ---- converter ------------------------------------------------------------------------------------------
+def _v1_segments(tmp_path, n):
+    src = tmp_path / "v1"
+    src.mkdir()
+    for s in range(n):
+        frames = []
+        for k in range(2):
+            frame, _ = _make_frame_with_range_images(seed=10 * s + k)
+            frame.context.name = f"seg{s}"
+            frame.timestamp_micros = 1_000_000 + 100_000 * k
+            lb = frame.laser_labels.add(type=proto.Label.TYPE_VEHICLE, id=f"car{s}", num_lidar_points_in_box=50,
+                                        detection_difficulty_level=proto.Label.LEVEL_2)
+            lb.box.center_x, lb.box.length, lb.box.width, lb.box.height, lb.box.heading = 7.0, 4.0, 1.9, 1.5, 0.2
+            lb.metadata.speed_x, lb.metadata.speed_y = 3.0, -1.0
+            frames.append(frame.SerializeToString())
+        write_records(src / f"segment-{s}.tfrecord", frames)
+    return src
+
+
+def test_convert_v1_sharded_resumable(tmp_path, monkeypatch):
+    from pointwin.datasets.waymo import convert
+    from pointwin.datasets.waymo.dataset import WaymoDataset
+
+    src = _v1_segments(tmp_path, 3)
+    out = tmp_path / "out"
+    infos0 = convert.create_waymo_infos(src, out, shard=(0, 2), workers=1, progress=False)
+    assert sorted({i["segment"] for i in infos0}) == ["segment-0", "segment-2"]
+    assert not (out / "segment-1").exists()
+
+    # an interrupted segment leaves no finished folder behind ...
+    calls = {"n": 0}
+    real_save = np.save
+
+    def failing_save(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full")
+        return real_save(*a, **k)
+
+    monkeypatch.setattr(convert.np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        convert.create_waymo_infos(src, out, shard=(1, 2), workers=1, progress=False)
+    assert not (out / "segment-1").exists()
+    assert not list(out.glob(".partial-*"))
+    monkeypatch.setattr(convert.np, "save", real_save)
+
+    # ... and the rerun converts it while skipping the finished ones (their files are untouched)
+    stamp = (out / "segment-0" / "infos.json").stat().st_mtime_ns
+    infos1 = convert.create_waymo_infos(src, out, shard=(1, 2), workers=1, progress=False)
+    assert [i["segment"] for i in infos1] == ["segment-1", "segment-1"]
+    convert.create_waymo_infos(src, out, shard=(0, 2), workers=1, progress=False)
+    assert (out / "segment-0" / "infos.json").stat().st_mtime_ns == stamp
+    assert (out / "waymo_infos_shard0of2.json").exists() and (out / "waymo_infos_shard1of2.json").exists()
+
+    merged = convert.merge_waymo_infos(out)
+    assert len(merged) == 6
+    info = merged[0]
+    assert info["frame_id"] == "segment-0_1000000" and info["context_name"] == "seg0" and info["sample_idx"] == 0
+    assert info["annos"]["names"] == ["Vehicle"] and info["annos"]["difficulty"] == [2]
+    np.testing.assert_allclose(info["annos"]["boxes"][0], [7, 0, 0, 4, 1.9, 1.5, 0.2, 3, -1])
+    pts = np.load(out / info["lidar_path"])
+    assert pts.shape == (1300, 6) and pts.dtype == np.float32
+
+    ds = WaymoDataset(out, with_velocity=True, drop_nlz_points=False)
+    sample = ds[0]
+    assert sample.points.shape == (1300, 5) and sample.channels == ("x", "y", "z", "intensity", "elongation")
+    np.testing.assert_allclose(sample.points[:, 3].numpy(), np.tanh(pts[:, 3]), rtol=1e-6)
+    assert sample.labels.tolist() == [0] and sample.boxes.tensor.shape == (1, 9)
+    kept = WaymoDataset(out)[0]
+    assert len(kept.points) == int((pts[:, 5] <= 0).sum()) < 1300
+
+
+def test_convert_v2_with_process_pool(tmp_path):
+    from pointwin.datasets.waymo.convert import create_waymo_infos
+
+    for name in ("segA", "segB"):
+        frame, _ = _make_frame_with_range_images(seed=len(name))
+        _write_v2_segment(tmp_path / "v2", name, frame)
+    infos = create_waymo_infos(tmp_path / "v2", tmp_path / "out", workers=2, progress=False)
+    assert [i["segment"] for i in infos] == ["segA", "segB"]
+    assert infos[0]["annos"]["names"] == ["Vehicle", "Pedestrian"]
+    assert infos[0]["annos"]["num_lidar_points_in_box"] == [120, 0]
+    assert np.load(tmp_path / "out" / infos[0]["lidar_path"]).shape == (1300, 6)
+
+
+def test_convert_rejects_bad_input(tmp_path):
+    from pointwin.datasets.waymo.convert import create_waymo_infos
+
+    with pytest.raises(FileNotFoundError, match="no \\*.tfrecord"):
+        create_waymo_infos(tmp_path, tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="shard"):
+        create_waymo_infos(tmp_path, tmp_path / "out", shard=(2, 2), progress=False)

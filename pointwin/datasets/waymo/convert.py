@@ -1,0 +1,212 @@
+"""Convert Waymo (v1 TFRecord or v2 Parquet) to pointwin's on-disk format, resumably and in parallel.
+
+Output layout under ``out``::
+
+    <segment>/<timestamp_micros>.npy   float32 (N, 6) x, y, z, intensity, elongation, no-label-zone flag,
+                                       all lidars and both returns, in the frame's vehicle frame
+    <segment>/infos.json               list of frame infos (see :func:`_frame_info`)
+    waymo_infos_shard<i>of<n>.json     the infos of every segment of that shard
+    waymo_infos.json                   :func:`merge_waymo_infos` of all finished segments
+
+A segment is written into ``.partial-<segment>-<pid>`` and renamed to ``<segment>`` when complete, so a
+segment folder that exists is finished: an interrupted run resumes by skipping those. ``shard=(i, n)``
+takes every n-th segment (in sorted order) starting at i, so n machines can split a split between them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["WAYMO_TYPE_NAMES", "convert_segment", "create_waymo_infos", "discover_segments", "merge_waymo_infos"]
+
+WAYMO_TYPE_NAMES = {0: "Unknown", 1: "Vehicle", 2: "Pedestrian", 3: "Sign", 4: "Cyclist"}
+
+
+def discover_segments(src: str | os.PathLike) -> tuple[str, dict[str, str]]:
+    """Find the segments under ``src``: returns ("v1" | "v2", {segment name: source path}).
+
+    v1: ``src`` holds ``*.tfrecord`` files (or is one); v2: ``src`` holds a ``lidar/`` component folder.
+    """
+    src = Path(src)
+    if src.is_file() and src.suffix == ".tfrecord":
+        return "v1", {src.stem: str(src)}
+    if (src / "lidar").is_dir():
+        from .v2 import list_segments
+
+        return "v2", {s: str(src) for s in list_segments(src, "lidar")}
+    records = sorted(src.glob("*.tfrecord"))
+    if records:
+        return "v1", {p.stem: str(p) for p in records}
+    raise FileNotFoundError(f"{src}: no *.tfrecord files (Waymo v1) and no lidar/ folder (Waymo v2) found")
+
+
+def _frame_info(segment: str, timestamp: int, pose: np.ndarray | None, lidar_path: str, num_points: int,
+                boxes: np.ndarray, speed: np.ndarray, types: np.ndarray, ids: list[str], npts: np.ndarray,
+                ntop: np.ndarray, det: np.ndarray, trk: np.ndarray, context: str) -> dict:
+    """One frame's JSON info; boxes are (M, 9) x, y, z, dx=length, dy=width, dz=height, yaw, vx, vy."""
+    box9 = np.concatenate([boxes.reshape(-1, 7), speed.reshape(-1, 3)[:, :2]], 1) if len(boxes) else np.zeros((0, 9))
+    return {
+        "frame_id": f"{segment}_{timestamp}",
+        "segment": segment,
+        "context_name": context,
+        "timestamp_micros": int(timestamp),
+        "pose": None if pose is None else np.asarray(pose, dtype=np.float64).reshape(16).tolist(),
+        "lidar_path": lidar_path,
+        "num_points": int(num_points),
+        "channels": ["x", "y", "z", "intensity", "elongation", "nlz"],
+        "annos": {
+            "names": [WAYMO_TYPE_NAMES.get(int(t), "Unknown") for t in types],
+            "boxes": box9.tolist(),
+            "ids": list(ids),
+            "difficulty": [int(d) for d in det],
+            "tracking_difficulty": [int(d) for d in trk],
+            "num_lidar_points_in_box": [int(n) for n in npts],
+            "num_top_lidar_points_in_box": [int(n) for n in ntop],
+        },
+    }
+
+
+def _iter_v1(path: str) -> Iterator[tuple[int, np.ndarray | None, np.ndarray, dict, str]]:
+    from . import proto
+    from .range_image import frame_to_points
+    from .tfrecord import iter_records
+
+    for rec in iter_records(path):
+        frame = proto.Frame()
+        frame.ParseFromString(rec)
+        pose = np.asarray(frame.pose.transform, dtype=np.float64).reshape(4, 4) if frame.pose.transform else None
+        labels = frame.laser_labels
+        lab = {
+            "boxes": np.array([[lb.box.center_x, lb.box.center_y, lb.box.center_z, lb.box.length, lb.box.width,
+                                lb.box.height, lb.box.heading] for lb in labels], dtype=np.float64).reshape(-1, 7),
+            "speed": np.array([[lb.metadata.speed_x, lb.metadata.speed_y, lb.metadata.speed_z] for lb in labels],
+                              dtype=np.float64).reshape(-1, 3),
+            "types": np.array([lb.type for lb in labels], dtype=np.int64),
+            "ids": [lb.id for lb in labels],
+            "npts": np.array([lb.num_lidar_points_in_box for lb in labels], dtype=np.int64),
+            "ntop": np.array([lb.num_top_lidar_points_in_box for lb in labels], dtype=np.int64),
+            "det": np.array([lb.detection_difficulty_level for lb in labels], dtype=np.int64),
+            "trk": np.array([lb.tracking_difficulty_level for lb in labels], dtype=np.int64),
+        }
+        yield frame.timestamp_micros, pose, frame_to_points(frame).points, lab, frame.context.name
+
+
+def _iter_v2(root: str, segment: str) -> Iterator[tuple[int, np.ndarray | None, np.ndarray, dict, str]]:
+    from .v2 import component_path, frame_points, iter_lidar_frames, read_lidar_boxes, read_lidar_calibrations
+
+    calibs = read_lidar_calibrations(root, segment)
+    boxes = read_lidar_boxes(root, segment) if component_path(root, "lidar_box", segment).exists() else {}
+    for frame in iter_lidar_frames(root, segment):
+        b = boxes.get(frame.timestamp)
+        if b is None:
+            lab = {"boxes": np.zeros((0, 7)), "speed": np.zeros((0, 3)), "types": np.zeros(0, np.int64), "ids": [],
+                   "npts": np.zeros(0, np.int64), "ntop": np.zeros(0, np.int64), "det": np.zeros(0, np.int64),
+                   "trk": np.zeros(0, np.int64)}
+        else:
+            lab = {"boxes": b.boxes, "speed": b.speed, "types": b.types, "ids": b.ids, "npts": b.num_lidar_points,
+                   "ntop": b.num_top_lidar_points, "det": b.difficulty, "trk": b.tracking_difficulty}
+        yield frame.timestamp, frame.pose, frame_points(frame, calibs).points, lab, segment
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+def convert_segment(kind: str, source: str, segment: str, out: str | os.PathLike) -> int:
+    """Convert one segment into ``out/<segment>`` (skipped if it exists); returns the number of frames written."""
+    out = Path(out)
+    final = out / segment
+    if final.is_dir():
+        return 0
+    tmp = out / f".partial-{segment}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        frames = _iter_v1(source) if kind == "v1" else _iter_v2(source, segment)
+        infos = []
+        for ts, pose, points, lab, context in frames:
+            name = f"{ts}.npy"
+            np.save(tmp / name, np.ascontiguousarray(points, dtype=np.float32))
+            infos.append(_frame_info(segment, ts, pose, f"{segment}/{name}", len(points), lab["boxes"], lab["speed"],
+                                     lab["types"], lab["ids"], lab["npts"], lab["ntop"], lab["det"], lab["trk"],
+                                     context))
+        infos.sort(key=lambda i: i["timestamp_micros"])
+        for idx, info in enumerate(infos):
+            info["sample_idx"] = idx
+        _write_json(tmp / "infos.json", infos)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not final.is_dir():  # another worker finishing the same segment first is fine
+                raise
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return len(infos)
+
+
+def create_waymo_infos(src: str | os.PathLike, out: str | os.PathLike, shard: tuple[int, int] = (0, 1),
+                       workers: int = 4, progress: bool = True) -> list[dict]:
+    """Convert the segments of shard ``shard = (i, n)`` under ``src`` into ``out``; returns the shard's infos.
+
+    Finished segments are skipped, so re-running after an interruption resumes. ``workers <= 1`` runs in
+    this process. Writes ``out/waymo_infos_shard<i>of<n>.json``.
+    """
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    kind, segments = discover_segments(src)
+    mine = sorted(segments)[i::n]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in mine if not (out / s).is_dir()]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"waymo {kind} shard {i}/{n}", unit="segment",
+               disable=not progress)
+    try:
+        if workers <= 1:
+            for seg in todo:
+                convert_segment(kind, segments[seg], seg, out)
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(convert_segment, kind, segments[s], s, out): s for s in todo}
+                for fut in as_completed(futures):
+                    try:
+                        fut.result()
+                    except Exception as e:
+                        raise RuntimeError(f"converting Waymo segment {futures[fut]} failed: {e}") from e
+                    bar.update(1)
+    finally:
+        bar.close()
+    infos = []
+    for seg in mine:
+        infos.extend(json.loads((out / seg / "infos.json").read_text()))
+    _write_json(out / f"waymo_infos_shard{i}of{n}.json", infos)
+    return infos
+
+
+def merge_waymo_infos(out: str | os.PathLike, name: str = "waymo_infos.json") -> list[dict]:
+    """Concatenate the infos of every finished segment under ``out`` into ``out/<name>``."""
+    out = Path(out)
+    infos = []
+    for seg_infos in sorted(out.glob("*/infos.json")):
+        if seg_infos.parent.name.startswith(".partial-"):
+            continue
+        infos.extend(json.loads(seg_infos.read_text()))
+    _write_json(out / name, infos)
+    return infos
