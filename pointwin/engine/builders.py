@@ -59,12 +59,16 @@ def _check(cfg: Any, where: str) -> None:
         raise ConfigError(f"{where}: expected a mapping with a 'type' key, got {cfg!r}")
 
 
-def _builder(module: str, name: str, where: str) -> Callable:
+def _builder(module: str, name: str, where: str, registry: str) -> Callable:
+    """``module.name`` (a build function), else ``module.registry.build``."""
     try:
         mod = importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(f"{where}: {module} cannot be imported in this build ({e})") from None
     fn = getattr(mod, name, None)
+    if fn is None and hasattr(mod, registry):
+        reg = getattr(mod, registry)
+        return lambda cfg: reg.build(cfg, where=where)
     if fn is None:
         raise ConfigError(f"{where}: {module}.{name} is not available in this build; "
                           "name an importable class as 'type: package.module:Class' instead")
@@ -75,14 +79,14 @@ def build_model(cfg: Mapping, where: str = "model") -> Any:
     _check(cfg, where)
     if ":" in str(cfg["type"]):
         return _build_imported(cfg, where)
-    return _builder("pointwin.models", "build_model", where)(Config(cfg))
+    return _builder("pointwin.models", "build_model", where, "MODELS")(Config(cfg))
 
 
 def build_dataset(cfg: Mapping, where: str = "data") -> Any:
     _check(cfg, where)
     if ":" in str(cfg["type"]):
         return _build_imported(cfg, where)
-    return _builder("pointwin.datasets", "build_dataset", where)(Config(cfg))
+    return _builder("pointwin.datasets", "build_dataset", where, "DATASETS")(Config(cfg))
 
 
 def dataset_evaluator(dataset: Any, eval_cfg: Mapping | None = None) -> Callable[[list], dict[str, float]] | None:

@@ -318,6 +318,7 @@ class Trainer:
         self.epoch_iter = 0  # batches consumed in the current epoch
         self.bad_steps = 0
         self.history: list[dict[str, float]] = []  # per-step training losses (this process's run)
+        self.last_results: list | None = None  # rank 0: per-sample predictions of the last evaluate()
 
     def _iters_per_epoch(self) -> int:
         if self.train_loader is None:
@@ -444,6 +445,8 @@ class Trainer:
         skip_batches = self.epoch_iter
         self.sampler.set_epoch(self.epoch, skip=skip_batches * self.s.batch_size)
         self.loader_gen.manual_seed((self.seed * 1_000_003 + self.epoch * 1009 + self.info.rank) % (2**63))
+        if hasattr(self.train_set, "set_epoch"):  # per-epoch augmentation seeds (pointwin datasets)
+            self.train_set.set_epoch(self.epoch)
         total = self.iters_per_epoch
         bar = tqdm(total=total, initial=skip_batches, disable=not self.progress, dynamic_ncols=True, leave=False,
                    desc=f"epoch {self.epoch + 1}/{self.s.epochs}", mininterval=1.0, file=sys.stdout)
@@ -538,6 +541,7 @@ class Trainer:
             raise ValueError("Trainer.evaluate: no dataset")
         t0 = time.perf_counter()
         results = self.predict(dataset)
+        self.last_results = results
         if not self.info.is_main or self.evaluate_fn is None:
             return None
         metrics = {k: float(v) if isinstance(v, (int, float, np.floating)) else v
