@@ -1,0 +1,321 @@
+"""Waymo-style detection AP: optimal matching at every score cut-off, PR envelope, trapezoid area.
+
+This is the core shared by :mod:`pointwin.evaluation.waymo` (the official Waymo Open Dataset
+definition) and by the generic evaluator used on the synthetic dataset. The definition follows the
+Waymo metrics library (``metrics/detection_metrics.cc``, ``matcher.cc``, ``metrics_utils.cc``):
+
+* Matching is done per frame and per breakdown shard (e.g. one object class, or one class within a
+  range bin), separately at every score cut-off c (predictions with ``score >= c``): the Hungarian
+  assignment that maximises the sum of IoUs quantised to ``round(IoU * 1e6)``, over the pairs whose
+  IoU reaches the class threshold. Every matched prediction is a TP, whatever the difficulty of its
+  ground truth. An unmatched prediction is a FP unless it is flagged as overlapping a no-label zone.
+  An unmatched ground truth is a FN at difficulty level L only if its own level is <= L.
+* Heading accuracy of a TP is ``1 - |d| / pi`` with d the wrapped heading difference in [0, pi];
+  APH uses ``sum(heading accuracy) / (TP + FP)`` as precision and the plain recall.
+* AP: precision set to 1 where recall is 0; the recall -> max precision map starts at (0, 1); it is
+  walked from high to low recall keeping the running maximum (the monotone envelope), inserting a
+  point every ``max_recall_delta`` (0.05) in recall gaps; the (0, 1) point takes the precision of the
+  point before it; the area is the trapezoid sum.
+
+Speed: matching decomposes into connected components of the "IoU >= threshold" graph. Isolated
+predictions and ground truths and one-to-one pairs (the vast majority) are counted for all cut-offs
+at once with numpy; only components with competing boxes call ``scipy.optimize.linear_sum_assignment``
+once per distinct set of surviving predictions (at most one per member score, not one per cut-off).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+#: The 101 score cut-offs 0.00, 0.01, ..., 0.99, 1.00 of the official configuration (float32 like the proto).
+SCORE_CUTOFFS = np.concatenate([np.arange(100, dtype=np.float64) * 0.01, [1.0]]).astype(np.float32)
+#: IoUs are quantised to integers in [0, MAX_IOU] for the assignment, as in the Waymo matcher.
+MAX_IOU = 1_000_000
+
+
+def heading_accuracy(pred_heading: np.ndarray, gt_heading: np.ndarray) -> np.ndarray:
+    """``1 - |d| / pi`` with d the heading difference wrapped to [-pi, pi]; 1 is perfect, 0 is opposite."""
+    d = np.abs(np.remainder(np.asarray(pred_heading, np.float64) - gt_heading + math.pi, 2 * math.pi) - math.pi)
+    return np.clip(1.0 - d / math.pi, 0.0, 1.0)
+
+
+def cutoff_counts(scores: np.ndarray, cutoffs: np.ndarray = SCORE_CUTOFFS) -> np.ndarray:
+    """(P,) int64: number of cut-offs c with ``score >= c`` (a prediction is active at cut-offs [0, n))."""
+    if not np.all(np.diff(cutoffs) > 0):
+        raise ValueError("score cut-offs must be strictly increasing")
+    return np.searchsorted(np.asarray(cutoffs, np.float32), np.asarray(scores, np.float32), side="right").astype(
+        np.int64)
+
+
+@dataclass
+class MatchCounts:
+    """Matching outcome per shard and cut-off.
+
+    Attributes:
+        tp, fp: int64 (S, K) true / false positives per shard and cut-off.
+        sum_ha: float64 (S, K) summed heading accuracy of the TPs.
+        fn: int64 (S, L, K) false negatives per difficulty level (levels given to :func:`match_counts`).
+    """
+
+    tp: np.ndarray
+    fp: np.ndarray
+    sum_ha: np.ndarray
+    fn: np.ndarray
+
+    def __add__(self, other: MatchCounts) -> MatchCounts:
+        return MatchCounts(self.tp + other.tp, self.fp + other.fp, self.sum_ha + other.sum_ha, self.fn + other.fn)
+
+
+def match_counts(
+    num_shards: int,
+    num_cutoffs: int,
+    levels: tuple[int, ...],
+    pred_shard: np.ndarray,
+    pred_active: np.ndarray,
+    pred_ignore_fp: np.ndarray,
+    gt_shard: np.ndarray,
+    gt_level: np.ndarray,
+    edge_pred: np.ndarray,
+    edge_gt: np.ndarray,
+    edge_iou: np.ndarray,
+    edge_ha: np.ndarray,
+) -> MatchCounts:
+    """Count TP/FP/FN at every cut-off from the candidate matches of a whole dataset.
+
+    Args:
+        num_shards, num_cutoffs: S and K.
+        levels: difficulty levels to report FNs for, e.g. (1, 2); a GT counts at level L if its level <= L.
+        pred_shard: int (P,) shard of each prediction, -1 to leave it out.
+        pred_active: int (P,) the prediction survives cut-offs [0, pred_active) (see :func:`cutoff_counts`).
+        pred_ignore_fp: bool (P,) unmatched, it is not a FP (no-label zone).
+        gt_shard: int (G,) shard of each ground truth, -1 to leave it out.
+        gt_level: int (G,) difficulty level of each ground truth.
+        edge_pred, edge_gt: int (E,) pairs that may match: same frame, same shard, IoU >= the class threshold.
+        edge_iou: float (E,) their IoU; edge_ha: float (E,) their heading accuracy.
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    s, k, nl = num_shards, num_cutoffs, len(levels)
+    pred_shard = np.asarray(pred_shard, np.int64)
+    gt_shard = np.asarray(gt_shard, np.int64)
+    pred_active = np.minimum(np.asarray(pred_active, np.int64), k)
+    pred_ignore_fp = np.asarray(pred_ignore_fp, bool)
+    gt_level = np.asarray(gt_level, np.int64)
+    edge_pred = np.asarray(edge_pred, np.int64)
+    edge_gt = np.asarray(edge_gt, np.int64)
+    weight = np.rint(np.asarray(edge_iou, np.float64) * MAX_IOU).astype(np.int64)
+    edge_ha = np.asarray(edge_ha, np.float64)
+    keep = (weight > 0) & (pred_shard[edge_pred] >= 0) & (pred_active[edge_pred] > 0)
+    if keep.any() and np.any(pred_shard[edge_pred[keep]] != gt_shard[edge_gt[keep]]):
+        raise ValueError("match_counts: an edge joins a prediction and a ground truth of different shards")
+    edge_pred, edge_gt, weight, edge_ha = edge_pred[keep], edge_gt[keep], weight[keep], edge_ha[keep]
+    n_pred, n_gt = len(pred_shard), len(gt_shard)
+    gt_counts_at = (gt_level[:, None] <= np.asarray(levels)[None, :]).astype(np.int64)  # (G, L)
+
+    # Difference arrays over cut-offs: add at the first cut-off of an interval, subtract after its last.
+    d_tp = np.zeros((s, k + 1), np.int64)
+    d_fp = np.zeros((s, k + 1), np.int64)
+    d_ha = np.zeros((s, k + 1), np.float64)
+    d_fn = np.zeros((s, nl, k + 1), np.int64)
+
+    def add_interval(arr, idx, start, stop, value):
+        np.add.at(arr, (*idx, start), value)
+        np.add.at(arr, (*idx, stop), -value)
+
+    graph = coo_matrix((np.ones(len(edge_pred)), (edge_pred, n_pred + edge_gt)), shape=(n_pred + n_gt,) * 2)
+    _, comp = connected_components(graph, directed=False)
+    deg = np.bincount(np.concatenate([edge_pred, n_pred + edge_gt]), minlength=n_pred + n_gt)
+    comp_edges = np.bincount(comp[edge_pred], minlength=comp.max() + 1 if len(comp) else 0)
+
+    # Predictions without any candidate: FP while active (unless in a no-label zone).
+    lone_p = np.flatnonzero((deg[:n_pred] == 0) & (pred_shard >= 0) & ~pred_ignore_fp & (pred_active > 0))
+    add_interval(d_fp, (pred_shard[lone_p],), np.zeros_like(lone_p), pred_active[lone_p], 1)
+    # Ground truths without any candidate: FN at every cut-off.
+    lone_g = np.flatnonzero((deg[n_pred:] == 0) & (gt_shard >= 0))
+    for li in range(nl):
+        add_interval(d_fn, (gt_shard[lone_g], np.full_like(lone_g, li)), np.zeros_like(lone_g),
+                     np.full_like(lone_g, k), gt_counts_at[lone_g, li])
+    # One-to-one components: matched while the prediction is active, then the GT becomes a FN.
+    simple = (comp_edges[comp[edge_pred]] == 1) & (deg[edge_pred] == 1) & (deg[n_pred + edge_gt] == 1)
+    sp, sg, sh = edge_pred[simple], edge_gt[simple], edge_ha[simple]
+    zeros = np.zeros_like(sp)
+    add_interval(d_tp, (pred_shard[sp],), zeros, pred_active[sp], 1)
+    add_interval(d_ha, (pred_shard[sp],), zeros, pred_active[sp], sh)
+    for li in range(nl):
+        add_interval(d_fn, (gt_shard[sg], np.full_like(sg, li)), pred_active[sp], np.full_like(sg, k),
+                     gt_counts_at[sg, li])
+
+    # Components with competing boxes: optimal assignment per distinct set of surviving predictions.
+    hard = ~simple
+    if hard.any():
+        he_p, he_g, he_w, he_h = edge_pred[hard], edge_gt[hard], weight[hard], edge_ha[hard]
+        he_c = comp[he_p]
+        order = np.argsort(he_c, kind="stable")
+        he_p, he_g, he_w, he_h, he_c = he_p[order], he_g[order], he_w[order], he_h[order], he_c[order]
+        bounds = np.flatnonzero(np.diff(he_c)) + 1
+        starts = np.concatenate([[0], bounds])
+        stops = np.concatenate([bounds, [len(he_c)]])
+        for a, b in zip(starts.tolist(), stops.tolist()):
+            _count_component(he_p[a:b], he_g[a:b], he_w[a:b], he_h[a:b], pred_shard, pred_active, pred_ignore_fp,
+                             gt_counts_at, k, d_tp, d_fp, d_ha, d_fn, linear_sum_assignment)
+
+    return MatchCounts(np.cumsum(d_tp, -1)[:, :k], np.cumsum(d_fp, -1)[:, :k], np.cumsum(d_ha, -1)[:, :k],
+                       np.cumsum(d_fn, -1)[..., :k])
+
+
+def _count_component(ep, eg, ew, eh, pred_shard, pred_active, pred_ignore_fp, gt_counts_at, k,
+                     d_tp, d_fp, d_ha, d_fn, linear_sum_assignment) -> None:
+    """Add the counts of one connected component (edges ep-eg) to the difference arrays."""
+    preds, pi = np.unique(ep, return_inverse=True)
+    gts, gi = np.unique(eg, return_inverse=True)
+    shard = pred_shard[preds[0]]
+    w = np.zeros((len(preds), len(gts)), np.int64)
+    ha = np.zeros((len(preds), len(gts)), np.float64)
+    w[pi, gi] = ew
+    ha[pi, gi] = eh
+    active = pred_active[preds]
+    bounds = np.unique(np.concatenate([[0], active, [k]]))
+    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        alive = np.flatnonzero(active > start)  # the same set for every cut-off in [start, stop)
+        gt_matched = np.zeros(len(gts), bool)
+        if len(alive):
+            rows, cols = linear_sum_assignment(w[alive], maximize=True)
+            ok = w[alive[rows], cols] > 0
+            rows, cols = rows[ok], cols[ok]
+            gt_matched[cols] = True
+            n_fp = len(alive) - len(rows)
+            if n_fp:
+                unmatched = np.setdiff1d(np.arange(len(alive)), rows)
+                n_fp = int(np.sum(~pred_ignore_fp[preds[alive[unmatched]]]))
+            d_tp[shard, start] += len(rows)
+            d_tp[shard, stop] -= len(rows)
+            h = float(ha[alive[rows], cols].sum())
+            d_ha[shard, start] += h
+            d_ha[shard, stop] -= h
+            d_fp[shard, start] += n_fp
+            d_fp[shard, stop] -= n_fp
+        fn = gt_counts_at[gts[~gt_matched]].sum(0)
+        d_fn[shard, :, start] += fn
+        d_fn[shard, :, stop] -= fn
+
+
+def precision_recall(counts: MatchCounts, level_index: int) -> tuple[np.ndarray, ...]:
+    """(precision, precision_ha, recall), each (S, K), as the Waymo library defines them per cut-off."""
+    tp = counts.tp.astype(np.float64)
+    det = tp + counts.fp
+    pos = tp + counts.fn[:, level_index]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(det > 0, tp / det, 0.0)
+        precision_ha = np.where(det > 0, counts.sum_ha / det, 0.0)
+        recall = np.where(pos > 0, tp / pos, 0.0)
+    precision = np.where(recall == 0, 1.0, precision)
+    precision_ha = np.where(recall == 0, 1.0, precision_ha)
+    return precision, precision_ha, recall
+
+
+def waymo_average_precision(precisions, recalls, max_recall_delta: float = 0.05) -> float:
+    """Area under the PR curve the way the Waymo library integrates it (see module docstring).
+
+    Args:
+        precisions, recalls: (K,) one PR point per score cut-off.
+        max_recall_delta: largest recall step between two integration points.
+    """
+    p = np.asarray(precisions, np.float64).reshape(-1)
+    r = np.asarray(recalls, np.float64).reshape(-1)
+    if p.shape != r.shape:
+        raise ValueError(f"precisions {p.shape} and recalls {r.shape} must have the same shape")
+    if not 0 < max_recall_delta <= 1:
+        raise ValueError(f"max_recall_delta must be in (0, 1], got {max_recall_delta}")
+    if p.size == 0:
+        return 0.0
+    # recall -> best precision at that recall, with the fake (0, 1) point.
+    keys, inv = np.unique(np.concatenate([[0.0], r]), return_inverse=True)
+    best = np.zeros(len(keys))
+    np.maximum.at(best, inv, np.concatenate([[1.0], p]))
+    # Walk from high to low recall: running max precision, filler points in gaps wider than the delta.
+    pts_p, pts_r = [], []
+    last_r, max_p = keys[0], 0.0
+    for rk, pk in zip(keys[::-1].tolist(), best[::-1].tolist()):
+        while last_r - rk > max_recall_delta + 1e-6:
+            last_r -= max_recall_delta
+            pts_p.append(max_p)
+            pts_r.append(last_r)
+        max_p = max(max_p, pk)
+        pts_p.append(max_p)
+        pts_r.append(rk)
+        last_r = rk
+    if len(pts_p) >= 2:
+        pts_p[-1] = pts_p[-2]  # the (0, 1) point is fake: use the best real precision
+    pp, pr = np.asarray(pts_p), np.asarray(pts_r)
+    return float(np.sum(0.5 * (pr[:-1] - pr[1:]) * (pp[:-1] + pp[1:])))
+
+
+def candidate_pairs(pred_group: np.ndarray, gt_group: np.ndarray, pred_boxes: np.ndarray, gt_boxes: np.ndarray,
+                    use_z: bool = True, chunk: int = 4_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """All (prediction, ground truth) index pairs of the same group whose boxes can overlap.
+
+    A pair survives when the BEV centres are closer than the sum of the half diagonals and, with
+    ``use_z``, the height intervals touch. Vectorised over groups, in chunks of about ``chunk`` pairs.
+
+    Args:
+        pred_group, gt_group: int (P,), (G,) group id (e.g. frame * num_classes + class).
+        pred_boxes, gt_boxes: float (P, 7), (G, 7) boxes ``(x, y, z, dx, dy, dz, yaw)``.
+
+    Returns:
+        Two int64 (E,) arrays of prediction and ground-truth indices.
+    """
+    pred_group = np.asarray(pred_group, np.int64)
+    gt_group = np.asarray(gt_group, np.int64)
+    po = np.argsort(pred_group, kind="stable")
+    go = np.argsort(gt_group, kind="stable")
+    pg, gg = pred_group[po], gt_group[go]
+    groups = np.intersect1d(pg, gg)
+    if len(groups) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    p0, p1 = np.searchsorted(pg, groups, "left"), np.searchsorted(pg, groups, "right")
+    g0, g1 = np.searchsorted(gg, groups, "left"), np.searchsorted(gg, groups, "right")
+
+    def radius(b):
+        return 0.5 * np.hypot(b[:, 3], b[:, 4])
+
+    pb, gb = np.asarray(pred_boxes, np.float64)[po], np.asarray(gt_boxes, np.float64)[go]
+    pr, gr = radius(pb), radius(gb)
+    n_g = g1 - g0
+    pairs_per_group = (p1 - p0) * n_g
+    out_p, out_g = [], []
+    ends = np.cumsum(pairs_per_group)
+    start_group = 0
+    while start_group < len(groups):
+        stop_group = int(np.searchsorted(ends, (ends[start_group - 1] if start_group else 0) + chunk, "right"))
+        stop_group = max(stop_group, start_group + 1)
+        sl = slice(start_group, stop_group)
+        # every prediction of the chunk's groups, repeated once per ground truth of its group
+        npred = p1[sl] - p0[sl]
+        rows = _ranges(p0[sl], p1[sl])  # sorted prediction positions of the chunk
+        reps = np.repeat(n_g[sl], npred)  # ground truths in the group of each of them
+        gt_first = np.repeat(g0[sl], npred)
+        pred_idx = np.repeat(rows, reps)
+        gt_idx = _ranges(gt_first, gt_first + reps)
+        d2 = (pb[pred_idx, 0] - gb[gt_idx, 0]) ** 2 + (pb[pred_idx, 1] - gb[gt_idx, 1]) ** 2
+        ok = d2 < (pr[pred_idx] + gr[gt_idx]) ** 2
+        if use_z:
+            ok &= np.abs(pb[pred_idx, 2] - gb[gt_idx, 2]) <= 0.5 * (pb[pred_idx, 5] + gb[gt_idx, 5])
+        out_p.append(po[pred_idx[ok]])
+        out_g.append(go[gt_idx[ok]])
+        start_group = stop_group
+    return np.concatenate(out_p), np.concatenate(out_g)
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(a, b)`` for every (a, b) pair, vectorised."""
+    lengths = np.asarray(stops, np.int64) - np.asarray(starts, np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.arange(total, dtype=np.int64) - offsets + np.repeat(np.asarray(starts, np.int64), lengths)
