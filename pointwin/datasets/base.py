@@ -1,0 +1,211 @@
+"""Dataset base class, the on-disk info format, and file I/O (no pickle anywhere).
+
+On-disk format (version 1), written by the converters and read by :class:`InfoDataset`::
+
+    <root>/<name>_infos_<split>.json
+      {"format": "pointwin.infos", "version": 1, "dataset": "synthetic", "split": "train",
+       "class_names": ["Car", ...], "channels": ["x", "y", "z", "intensity"],
+       "frames": [{"frame_id": "...", "points_path": "points/train/0001.npy",   # relative to the info file
+                   "num_points": 51234,                                        # optional check
+                   "point_labels_path": "...",                                 # optional
+                   "boxes": [[x, y, z, dx, dy, dz, yaw(, vx, vy)], ...],       # optional (unlabelled)
+                   "labels": ["Car", ...],                                     # class names, one per box
+                   "meta": {"num_lidar_pts": [...], ...}}, ...]}
+
+Points are ``.npy`` (any float dtype, (N, C)) or ``.bin`` (raw float32, C = len(channels)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..registry import Registry
+from ..structures import Boxes3D, Sample
+
+DATASETS = Registry("dataset")
+
+INFO_FORMAT = "pointwin.infos"
+INFO_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# file I/O
+# ---------------------------------------------------------------------------------------------------
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to a temporary file next to ``path``, then rename it over ``path``."""
+    _atomic_write(Path(path), lambda f: json.dump(obj, f, separators=(",", ":")), mode="w")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def save_points(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an array atomically: ``.npy`` (dtype and shape kept, no pickle) or ``.bin`` (raw float32)."""
+    path = Path(path)
+    array = np.ascontiguousarray(array)
+    if path.suffix == ".npy":
+        _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    elif path.suffix == ".bin":
+        _atomic_write(path, lambda f: f.write(array.astype(np.float32).tobytes()))
+    else:
+        raise ValueError(f"{path}: point files must end in .npy or .bin")
+
+
+def load_points(path: str | os.PathLike, num_channels: int | None = None) -> np.ndarray:
+    """Read a ``.npy`` array or a raw float32 ``.bin`` file of ``num_channels`` columns as float32 (N, C)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: point file not found")
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        if arr.ndim != 2 or (num_channels is not None and arr.shape[1] != num_channels):
+            raise ValueError(f"{path}: expected a 2-D array with {num_channels or 'C'} columns, got {arr.shape}")
+        return arr.astype(np.float32, copy=False)
+    if path.suffix == ".bin":
+        if num_channels is None:
+            raise ValueError(f"{path}: reading a .bin file needs num_channels")
+        raw = np.fromfile(path, dtype=np.float32)
+        if raw.size % num_channels:
+            raise ValueError(f"{path}: {raw.size} float32 values is not a multiple of {num_channels} channels")
+        return raw.reshape(-1, num_channels)
+    raise ValueError(f"{path}: point files must end in .npy or .bin")
+
+
+def read_infos(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a pointwin info file (see the module docstring)."""
+    path = Path(path)
+    infos = read_json(path)
+    if not isinstance(infos, dict) or infos.get("format") != INFO_FORMAT:
+        raise ValueError(f"{path}: not a pointwin info file (expected key 'format': {INFO_FORMAT!r})")
+    if infos.get("version") != INFO_VERSION:
+        raise ValueError(f"{path}: info version {infos.get('version')!r} is not supported (expected {INFO_VERSION})")
+    for key in ("class_names", "channels", "frames"):
+        if not isinstance(infos.get(key), list):
+            raise ValueError(f"{path}: key {key!r} must be a list")
+    for i, fr in enumerate(infos["frames"]):
+        for key in ("frame_id", "points_path"):
+            if key not in fr:
+                raise ValueError(f"{path}: frames[{i}] has no key {key!r}")
+        if "boxes" in fr and len(fr["boxes"]) != len(fr.get("labels", ())):
+            raise ValueError(f"{path}: frames[{i}] ({fr['frame_id']}) has {len(fr['boxes'])} boxes but "
+                             f"{len(fr.get('labels', ()))} labels")
+    return infos
+
+
+# ---------------------------------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------------------------------
+class PointDataset(Dataset):
+    """Base class: subclasses implement ``__len__`` and ``get_sample(index) -> Sample``.
+
+    ``__getitem__`` applies ``transforms(sample, rng)`` with a numpy Generator seeded by
+    (aug_seed, epoch, index), so an augmented item does not depend on which DataLoader worker loads
+    it; call :meth:`set_epoch` each epoch for fresh augmentations.
+    """
+
+    class_names: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+
+    def __init__(self, transforms: Callable[[Sample, np.random.Generator], Sample] | None = None,
+                 aug_seed: int = 0) -> None:
+        self.transforms = transforms
+        self.aug_seed = int(aug_seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def get_sample(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Sample:
+        sample = self.get_sample(int(index))
+        if self.transforms is not None:
+            rng = np.random.default_rng([self.aug_seed, self.epoch, int(index)])
+            sample = self.transforms(sample, rng)
+        return sample
+
+
+@DATASETS.register()
+class InfoDataset(PointDataset):
+    """Frames listed in a pointwin info file (see the module docstring).
+
+    Args:
+        info_path: the ``*_infos_<split>.json`` file; point paths are relative to its folder.
+        class_names: keep only boxes of these classes (in this order); default: the file's class names.
+        transforms, aug_seed: see :class:`PointDataset`.
+    """
+
+    def __init__(self, info_path: str | os.PathLike, class_names: Sequence[str] | None = None,
+                 transforms: Any = None, aug_seed: int = 0) -> None:
+        super().__init__(transforms, aug_seed)
+        self.info_path = Path(info_path)
+        self.infos = read_infos(self.info_path)
+        self.root = self.info_path.parent
+        self.frames = self.infos["frames"]
+        self.class_names = tuple(class_names) if class_names is not None else tuple(self.infos["class_names"])
+        self.channels = tuple(self.infos["channels"])
+        self._class_index = {name: i for i, name in enumerate(self.class_names)}
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get_sample(self, index: int) -> Sample:
+        fr = self.frames[index]
+        ppath = self.root / fr["points_path"]
+        points = load_points(ppath, len(self.channels))
+        if "num_points" in fr and len(points) != fr["num_points"]:
+            raise ValueError(f"{ppath}: has {len(points)} points but {self.info_path} says {fr['num_points']}")
+        meta = dict(fr.get("meta", {}))
+        boxes = labels = None
+        if "boxes" in fr:
+            names = fr.get("labels", [])
+            keep = [i for i, name in enumerate(names) if name in self._class_index]
+            arr = np.asarray(fr["boxes"], np.float32)
+            arr = arr.reshape(-1, arr.shape[1] if arr.ndim == 2 else 7)[keep]
+            boxes = Boxes3D(torch.from_numpy(arr))
+            labels = torch.tensor([self._class_index[names[i]] for i in keep], dtype=torch.long)
+            for key, value in list(meta.items()):  # per-box meta lists follow the box selection
+                if isinstance(value, list) and len(value) == len(names) and len(keep) != len(names):
+                    meta[key] = [value[i] for i in keep]
+        point_labels = None
+        if "point_labels_path" in fr:
+            lab_path = self.root / fr["point_labels_path"]
+            lab = np.load(lab_path, allow_pickle=False)
+            if lab.shape != (len(points),):
+                raise ValueError(f"{lab_path}: expected ({len(points)},) point labels, got {lab.shape}")
+            point_labels = torch.from_numpy(lab.astype(np.int64))
+        return Sample(points=torch.from_numpy(np.ascontiguousarray(points)), channels=self.channels,
+                      frame_id=fr["frame_id"], boxes=boxes, labels=labels, point_labels=point_labels, meta=meta)
