@@ -370,7 +370,13 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.iteration = int(state["epoch"]), int(state["iteration"])
         self.epoch_iter = int(state.get("epoch_iter", 0))
-        world = int(state.get("meta", {}).get("world_size", 1))
+        meta = state.get("meta", {})
+        if "seed" in meta and int(meta["seed"]) != self.seed:  # the data order of the run continues
+            self.logger.print(f"resume: using the run's seed {meta['seed']} (not {self.seed})")
+            self.seed = int(meta["seed"])
+            if self.train_loader is not None:
+                self.sampler.seed = self.seed
+        world = int(meta.get("world_size", 1))
         if world == self.info.world_size:
             set_rng_state(state["rng"])
         elif self.epoch_iter:
