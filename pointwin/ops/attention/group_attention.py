@@ -10,6 +10,15 @@ from .reference import check_qkv, group_attention_equal, group_attention_varlen
 BACKENDS = ("auto", "torch", "triton")
 
 
+def triton_available() -> bool:
+    """True when triton can be imported (it is optional: the torch paths run without it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition,
                     scale: float | None = None, dropout_p: float = 0.0, backend: str = "auto") -> torch.Tensor:
     """Softmax attention among the slots of each group of ``partition``.
@@ -31,7 +40,7 @@ def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
         raise ValueError(f"group_attention: backend must be one of {BACKENDS}, got {backend!r}")
     check_qkv(q, k, v, partition, "group_attention")
     use_triton = backend == "triton" or (
-        backend == "auto" and partition.size is None and q.is_cuda and dropout_p == 0.0)
+        backend == "auto" and partition.size is None and q.is_cuda and dropout_p == 0.0 and triton_available())
     if use_triton:
         if dropout_p != 0.0:
             raise ValueError("group_attention: the Triton backend has no attention dropout; use backend='torch'")

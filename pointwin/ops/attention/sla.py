@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ...partition.base import Partition
+from .group_attention import triton_available
 from .reference import SLA_EPS, check_qkv, scattered_linear_attention_reference
 
 BACKENDS = ("auto", "torch", "triton")
@@ -30,7 +31,7 @@ def scattered_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if backend not in BACKENDS:
         raise ValueError(f"scattered_linear_attention: backend must be one of {BACKENDS}, got {backend!r}")
     check_qkv(q, k, v, partition, "scattered_linear_attention")
-    if backend == "triton" or (backend == "auto" and q.is_cuda):
+    if backend == "triton" or (backend == "auto" and q.is_cuda and triton_available()):
         from .triton_sla import scattered_linear_attention_triton  # lazy: triton is optional
 
         return scattered_linear_attention_triton(q, k, v, partition, eps)

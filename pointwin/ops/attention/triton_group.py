@@ -46,7 +46,8 @@ def _fwd_kernel(Q, K, V, O, LSE, INDEX, OWNER, KEYPAD, BSTART, BEND, BGROUP,
                 stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
                 stride_lm, qk_scale, D, DV,
                 HAS_PAD: tl.constexpr, F32: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                PREC: tl.constexpr):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BSTART + pid)
@@ -79,13 +80,13 @@ def _fwd_kernel(Q, K, V, O, LSE, INDEX, OWNER, KEYPAD, BSTART, BEND, BGROUP,
         if F32:
             kt = kt.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, kt) * qk_scale  # log2 domain
+        s = tl.dot(q, kt, input_precision=PREC) * qk_scale  # log2 domain
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     out = acc / l_i[:, None]
     is_owner = tl.load(OWNER + qvox, mask=m_mask, other=-1) == offs_m
@@ -99,7 +100,8 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, INDEX, OWNER, KEYPAD, BSTART, BE
                    stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_don, stride_doh,
                    stride_dqn, stride_dqh, stride_lm, stride_deltan, qk_scale, sm_scale, D, DV,
                    HAS_PAD: tl.constexpr, F32: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                PREC: tl.constexpr):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BSTART + pid)
@@ -137,12 +139,12 @@ def _bwd_dq_kernel(Q, K, V, DO, DQ, LSE, DELTA, INDEX, OWNER, KEYPAD, BSTART, BE
         if F32:
             k = k.to(tl.float32)
             vt = vt.to(tl.float32)
-        s = tl.dot(q, tl.trans(k)) * qk_scale
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
         p = tl.exp2(s - lse[:, None])
         p = tl.where(m_mask[:, None] & n_mask[None, :], p, 0.0)
-        dp = tl.dot(do, vt)
+        dp = tl.dot(do, vt, input_precision=PREC)
         ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     tl.store(DQ + qvox[:, None] * stride_dqn + h * stride_dqh + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
 
@@ -153,7 +155,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, LSE, DELTA, INDEX, OWNER, KEYPAD, BST
                      stride_dkm, stride_dkh, stride_dvm, stride_dvh, stride_lm, stride_deltan, qk_scale, sm_scale,
                      D, DV, HAS_PAD: tl.constexpr, F32: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                     BLOCK_DV: tl.constexpr):
+                     BLOCK_DV: tl.constexpr, PREC: tl.constexpr):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     start = tl.load(BSTART + pid)
@@ -192,13 +194,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, LSE, DELTA, INDEX, OWNER, KEYPAD, BST
             do = do.to(tl.float32)
         lse = tl.load(LSE + offs_m * stride_lm + h, mask=m_mask, other=0.0)
         delta = tl.load(DELTA + qvox * stride_deltan + h, mask=m_mask, other=0.0)
-        st = tl.dot(k, qt) * qk_scale  # (BLOCK_N, BLOCK_M)
+        st = tl.dot(k, qt, input_precision=PREC) * qk_scale  # (BLOCK_N, BLOCK_M)
         pt = tl.exp2(st - lse[None, :])
         pt = tl.where(n_mask[:, None] & m_mask[None, :], pt, 0.0)
-        dv += tl.dot(pt.to(do.dtype), do)
-        dpt = tl.dot(v, tl.trans(do))
+        dv += tl.dot(pt.to(do.dtype), do, input_precision=PREC)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PREC)
         dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt))
+        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=PREC)
     tl.store(DK + offs_n[:, None] * stride_dkm + h * stride_dkh + offs_d[None, :], dk * sm_scale,
              mask=n_in[:, None] & d_mask[None, :])
     tl.store(DV_ + offs_n[:, None] * stride_dvm + h * stride_dvh + offs_e[None, :], dv,
@@ -207,6 +209,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, LSE, DELTA, INDEX, OWNER, KEYPAD, BST
 
 def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
+
+
+def _precision(x: torch.Tensor) -> str:
+    """fp32 inputs get exact fp32 dots (tl.dot would otherwise round them to tf32 on the GPU)."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def _config(q: torch.Tensor, block_m: int | None, block_n: int | None) -> tuple[int, int, bool]:
@@ -232,20 +239,21 @@ class _GroupAttention(torch.autograd.Function):
         has_pad = key_pad is not None
         kp = key_pad.to(torch.int8) if has_pad else index  # dummy pointer when no padding
         BD, BDV = _pow2(D), _pow2(DV)
+        prec = _precision(q)
         if bs.numel():
             _fwd_kernel[(bs.numel(), H)](
                 q, k, v, out, lse, index, owner, kp, bs, be, bg,
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 out.stride(0), out.stride(1), lse.stride(0), scale * LOG2E, D, DV,
-                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV)
+                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
         ctx.save_for_backward(q, k, v, out, lse, index, owner, kp, offsets)
-        ctx.cfg = (scale, block_m, block_n, f32, has_pad)
+        ctx.cfg = (scale, block_m, block_n, f32, has_pad, prec)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, index, owner, kp, offsets = ctx.saved_tensors
-        scale, block_m, block_n, f32, has_pad = ctx.cfg
+        scale, block_m, block_n, f32, has_pad, prec = ctx.cfg
         dout = dout.contiguous()
         N, H, D = q.shape
         DV = v.shape[2]
@@ -262,7 +270,7 @@ class _GroupAttention(torch.autograd.Function):
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), delta.stride(0),
                 scale * LOG2E, scale, D, DV,
-                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV)
+                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
         ks, ke, kg = block_table(offsets, block_n)
         if ks.numel():
             _bwd_dkdv_kernel[(ks.numel(), H)](
@@ -270,7 +278,7 @@ class _GroupAttention(torch.autograd.Function):
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 dout.stride(0), dout.stride(1), dk_slot.stride(0), dk_slot.stride(1),
                 dv_slot.stride(0), dv_slot.stride(1), lse.stride(0), delta.stride(0), scale * LOG2E, scale, D, DV,
-                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV)
+                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
         # A voxel can sit in several groups (borrowed or repeated slots): sum its slot gradients.
         dk = torch.zeros(N, H, D, device=q.device, dtype=torch.float32).index_add_(0, index, dk_slot)
         dv = torch.zeros(N, H, DV, device=q.device, dtype=torch.float32).index_add_(0, index, dv_slot)

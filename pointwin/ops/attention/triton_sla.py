@@ -39,7 +39,7 @@ def chunk_table(offsets: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.
 def _state_kernel(K, V, PKV, PS, INDEX, KEYPAD, CSTART, CEND,
                   stride_kn, stride_kh, stride_vn, stride_vh, D, DV,
                   HAS_PAD: tl.constexpr, CHUNK: tl.constexpr, BLOCK_S: tl.constexpr,
-                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr):
     """Partial KV (D, DV) and s (D,) of one chunk and head -> PKV[pid, h], PS[pid, h]."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -63,7 +63,7 @@ def _state_kernel(K, V, PKV, PS, INDEX, KEYPAD, CSTART, CEND,
         v = tl.load(V + vox[:, None] * stride_vn + h * stride_vh + offs_e[None, :],
                     mask=mask[:, None] & e_mask[None, :], other=0.0).to(tl.float32)
         pkt = tl.maximum(kt, 0.0)
-        kv += tl.dot(pkt, v)
+        kv += tl.dot(pkt, v, input_precision=PREC)
         s += tl.sum(pkt, 1)
     base = pid * H + h
     tl.store(PKV + base * BLOCK_D * BLOCK_DV + offs_d[:, None] * BLOCK_DV + offs_e[None, :], kv)
@@ -73,7 +73,7 @@ def _state_kernel(K, V, PKV, PS, INDEX, KEYPAD, CSTART, CEND,
 @triton.jit
 def _out_kernel(Q, KV, S, O, INDEX, OWNER, CSTART, CEND, CGROUP, stride_qn, stride_qh, stride_on, stride_oh,
                 eps, D, DV, CHUNK: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-                BLOCK_DV: tl.constexpr):
+                BLOCK_DV: tl.constexpr, PREC: tl.constexpr):
     """y = phi(q) KV_g / (phi(q) . s_g + eps) for the owner slots of one chunk and head."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -96,7 +96,7 @@ def _out_kernel(Q, KV, S, O, INDEX, OWNER, CSTART, CEND, CGROUP, stride_qn, stri
         q = tl.load(Q + vox[:, None] * stride_qn + h * stride_qh + offs_d[None, :],
                     mask=mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
         pq = tl.maximum(q, 0.0)
-        num = tl.dot(pq, kv)
+        num = tl.dot(pq, kv, input_precision=PREC)
         den = tl.sum(pq * s[None, :], 1) + eps
         y = num / den[:, None]
         tl.store(O + vox[:, None] * stride_on + h * stride_oh + offs_e[None, :], y.to(O.dtype.element_ty),
@@ -106,7 +106,8 @@ def _out_kernel(Q, KV, S, O, INDEX, OWNER, CSTART, CEND, CGROUP, stride_qn, stri
 @triton.jit
 def _bwd_q_kernel(Q, KV, S, DO, DQ, PDKV, PDS, INDEX, OWNER, CSTART, CEND, CGROUP,
                   stride_qn, stride_qh, stride_don, stride_doh, stride_dqn, stride_dqh, eps, D, DV,
-                  CHUNK: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                  CHUNK: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  PREC: tl.constexpr):
     """dq at owner slots, and the chunk's partial dKV = sum phi(q)^T dnum, ds = sum dden phi(q)."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -133,15 +134,15 @@ def _bwd_q_kernel(Q, KV, S, DO, DQ, PDKV, PDS, INDEX, OWNER, CSTART, CEND, CGROU
         do = tl.load(DO + vox[:, None] * stride_don + h * stride_doh + offs_e[None, :],
                      mask=mask[:, None] & e_mask[None, :], other=0.0).to(tl.float32)
         pq = tl.maximum(q, 0.0)
-        num = tl.dot(pq, kv)
+        num = tl.dot(pq, kv, input_precision=PREC)
         den = tl.sum(pq * s[None, :], 1) + eps
         dnum = do / den[:, None]
         dden = -tl.sum(do * num, 1) / (den * den)
-        dpq = tl.dot(dnum, tl.trans(kv)) + dden[:, None] * s[None, :]
+        dpq = tl.dot(dnum, tl.trans(kv), input_precision=PREC) + dden[:, None] * s[None, :]
         dq = tl.where(q > 0, dpq, 0.0)
         tl.store(DQ + vox[:, None] * stride_dqn + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
                  mask=mask[:, None] & d_mask[None, :])
-        dkv += tl.dot(tl.trans(pq), dnum)
+        dkv += tl.dot(tl.trans(pq), dnum, input_precision=PREC)
         ds += tl.sum(dden[:, None] * pq, 0)
     base = pid * H + h
     tl.store(PDKV + base * BLOCK_D * BLOCK_DV + offs_d[:, None] * BLOCK_DV + offs_e[None, :], dkv)
@@ -152,7 +153,7 @@ def _bwd_q_kernel(Q, KV, S, DO, DQ, PDKV, PDS, INDEX, OWNER, CSTART, CEND, CGROU
 def _bwd_kv_kernel(K, V, DKV, DS, DK, DV_, INDEX, KEYPAD, CSTART, CEND, CGROUP,
                    stride_kn, stride_kh, stride_vn, stride_vh, stride_dkm, stride_dkh, stride_dvm, stride_dvh,
                    D, DV, HAS_PAD: tl.constexpr, CHUNK: tl.constexpr, BLOCK_S: tl.constexpr,
-                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                   BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, PREC: tl.constexpr):
     """Per-slot dk = (v dKV^T + ds) * [k > 0] and dv = phi(k) dKV (zero at key_pad slots)."""
     pid = tl.program_id(0)
     h = tl.program_id(1)
@@ -179,9 +180,9 @@ def _bwd_kv_kernel(K, V, DKV, DS, DK, DV_, INDEX, KEYPAD, CSTART, CEND, CGROUP,
         v = tl.load(V + vox[:, None] * stride_vn + h * stride_vh + offs_e[None, :],
                     mask=mask[:, None] & e_mask[None, :], other=0.0).to(tl.float32)
         pk = tl.maximum(k, 0.0)
-        dpk = tl.dot(v, tl.trans(dkv)) + ds[None, :]
+        dpk = tl.dot(v, tl.trans(dkv), input_precision=PREC) + ds[None, :]
         dk = tl.where((k > 0) & mask[:, None], dpk, 0.0)
-        dv = tl.dot(pk, dkv)
+        dv = tl.dot(pk, dkv, input_precision=PREC)
         tl.store(DK + offs[:, None] * stride_dkm + h * stride_dkh + offs_d[None, :], dk,
                  mask=in_range[:, None] & d_mask[None, :])
         tl.store(DV_ + offs[:, None] * stride_dvm + h * stride_dvh + offs_e[None, :], dv,
@@ -220,26 +221,28 @@ class _SLA(torch.autograd.Function):
         BD, BDV = _pow2(D), _pow2(DV)
         has_pad = key_pad is not None
         kp = key_pad.to(torch.int8) if has_pad else index
+        # fp32 inputs get exact fp32 dots (tl.dot would otherwise round them to tf32 on the GPU).
+        prec = "ieee" if q.dtype == torch.float32 else "tf32"
         pkv = torch.empty(C, H, BD, BDV, device=q.device, dtype=torch.float32)
         ps = torch.empty(C, H, BD, device=q.device, dtype=torch.float32)
         out = torch.zeros(N, H, DV, device=q.device, dtype=q.dtype)
         if C:
             _state_kernel[(C, H)](k, v, pkv, ps, index, kp, cs, ce, k.stride(0), k.stride(1), v.stride(0),
                                   v.stride(1), D, DV, HAS_PAD=has_pad, CHUNK=chunk, BLOCK_S=block_s,
-                                  BLOCK_D=BD, BLOCK_DV=BDV)
+                                  BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
         kv, s = _combine(pkv, grp, G), _combine(ps, grp, G)
         if C:
             _out_kernel[(C, H)](q, kv, s, out, index, owner, cs, ce, grp, q.stride(0), q.stride(1),
                                 out.stride(0), out.stride(1), eps, D, DV, CHUNK=chunk, BLOCK_S=block_s,
-                                BLOCK_D=BD, BLOCK_DV=BDV)
+                                BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
         ctx.save_for_backward(q, k, v, kv, s, index, owner, kp, cs, ce, grp)
-        ctx.cfg = (eps, chunk, block_s, has_pad, G)
+        ctx.cfg = (eps, chunk, block_s, has_pad, G, prec)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, kv, s, index, owner, kp, cs, ce, grp = ctx.saved_tensors
-        eps, chunk, block_s, has_pad, G = ctx.cfg
+        eps, chunk, block_s, has_pad, G, prec = ctx.cfg
         dout = dout.contiguous()
         N, H, D = q.shape
         DV = v.shape[2]
@@ -254,12 +257,12 @@ class _SLA(torch.autograd.Function):
             _bwd_q_kernel[(C, H)](q, kv, s, dout, dq, pdkv, pds, index, owner, cs, ce, grp,
                                   q.stride(0), q.stride(1), dout.stride(0), dout.stride(1), dq.stride(0),
                                   dq.stride(1), eps, D, DV, CHUNK=chunk, BLOCK_S=block_s, BLOCK_D=BD,
-                                  BLOCK_DV=BDV)
+                                  BLOCK_DV=BDV, PREC=prec)
             dkv, ds = _combine(pdkv, grp, G), _combine(pds, grp, G)
             _bwd_kv_kernel[(C, H)](k, v, dkv, ds, dk_slot, dv_slot, index, kp, cs, ce, grp,
                                    k.stride(0), k.stride(1), v.stride(0), v.stride(1), dk_slot.stride(0),
                                    dk_slot.stride(1), dv_slot.stride(0), dv_slot.stride(1), D, DV,
-                                   HAS_PAD=has_pad, CHUNK=chunk, BLOCK_S=block_s, BLOCK_D=BD, BLOCK_DV=BDV)
+                                   HAS_PAD=has_pad, CHUNK=chunk, BLOCK_S=block_s, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
         # A voxel can sit in several groups: sum its per-slot key/value gradients.
         dk = torch.zeros(N, H, D, device=q.device, dtype=torch.float32).index_add_(0, index, dk_slot)
         dv = torch.zeros(N, H, DV, device=q.device, dtype=torch.float32).index_add_(0, index, dv_slot)
