@@ -2,5 +2,6 @@
 
 from .dsvt import DSVT
 from .flatformer import FlatFormer
+from .scatterformer import ScatterFormer
 
-__all__ = ["DSVT", "FlatFormer"]
+__all__ = ["DSVT", "FlatFormer", "ScatterFormer"]
