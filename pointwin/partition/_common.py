@@ -27,10 +27,9 @@ def check_coords(name: str, coords: torch.Tensor, spatial_shape: Sequence[int] |
         raise ValueError(f"{name} must have shape (N, 4) with rows (b, z, y, x), got {tuple(coords.shape)}")
     if coords.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"{name} must be int32 (or int64), got {str(coords.dtype).removeprefix('torch.')}")
-    c = coords.long()
-    if c.shape[0]:
-        lo = c.amin(0).tolist()
-        hi = c.amax(0).tolist()
+    if coords.shape[0]:
+        lo = coords.amin(0).tolist()  # reduce in the input dtype: int32 reductions are cheaper
+        hi = coords.amax(0).tolist()
         for axis, label in enumerate("bzyx"):
             if lo[axis] < 0:
                 raise ValueError(f"{name} has a negative {label} coordinate ({lo[axis]})")
@@ -40,7 +39,7 @@ def check_coords(name: str, coords: torch.Tensor, spatial_shape: Sequence[int] |
                 if hi[axis] >= size:
                     raise ValueError(f"{name} {label} range [{lo[axis]}, {hi[axis]}] is outside spatial_shape "
                                      f"{label} extent [0, {size})")
-    return c
+    return coords.long()
 
 
 def check_shape(spatial_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -12,55 +12,63 @@ from .base import Partition
 CURVES = ("z", "z-trans", "hilbert", "hilbert-trans")
 
 
+def spread_bits(v: torch.Tensor) -> torch.Tensor:
+    """int64: bit i of ``v`` (< 2**21) moved to bit 3i (the "part1by2" magic-mask shuffle)."""
+    v = v & 0x1FFFFF
+    v = (v | (v << 32)) & 0x1F00000000FFFF
+    v = (v | (v << 16)) & 0x1F0000FF0000FF
+    v = (v | (v << 8)) & 0x100F00F00F00F00F
+    v = (v | (v << 4)) & 0x10C30C30C30C30C3
+    return (v | (v << 2)) & 0x1249249249249249
+
+
+def interleave3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """int64 code with bit i of a, b, c at bits 3i+2, 3i+1, 3i."""
+    return (spread_bits(a.long()) << 2) | (spread_bits(b.long()) << 1) | spread_bits(c.long())
+
+
 def z_order_encode(xyz: torch.Tensor, depth: int) -> torch.Tensor:
-    """int64 (N,) Morton code of int (N, 3) ``(x, y, z)`` with ``depth`` bits per axis.
+    """int64 (N,) Morton code of int (N, 3) ``(x, y, z)`` with ``depth`` (<= 21) bits per axis.
 
     Bit i of x goes to code bit 3i+2, of y to 3i+1, of z to 3i (x most significant at every level).
     """
-    c = xyz.long()
-    code = torch.zeros(c.shape[0], dtype=torch.int64, device=c.device)
-    for i in range(depth):  # loop over bit levels, not voxels
-        for axis in range(3):
-            code |= ((c[:, axis] >> i) & 1) << (3 * i + 2 - axis)
-    return code
+    if depth > 21:
+        raise ValueError(f"z_order_encode supports at most 21 bits per axis, got depth {depth}")
+    return interleave3(xyz[:, 0], xyz[:, 1], xyz[:, 2])
 
 
 def hilbert_encode(xyz: torch.Tensor, depth: int) -> torch.Tensor:
-    """int64 (N,) 3-D Hilbert index of int (N, 3) ``(x, y, z)`` with ``depth`` bits per axis.
+    """int64 (N,) 3-D Hilbert index of int (N, 3) ``(x, y, z)`` with ``depth`` (<= 21) bits per axis.
 
     Skilling's "axes to transpose" (AIP Conf. Proc. 707, 2004), vectorised over points: undo the
     excess work level by level (invert or exchange low bits against axis 0), Gray-encode across
     axes, then interleave the transposed bits MSB first with x first. Consecutive indices are
     face-adjacent cells, and index 0 is the origin.
     """
-    X = [xyz[:, a].long().clone() for a in range(3)]
+    if depth > 21:
+        raise ValueError(f"hilbert_encode supports at most 21 bits per axis, got depth {depth}")
+    X = [xyz[:, a].long() for a in range(3)]
     if depth < 1:
         return torch.zeros(xyz.shape[0], dtype=torch.int64, device=xyz.device)
-    M = 1 << (depth - 1)
-    Q = M
-    while Q > 1:
-        P = Q - 1
+    # Branch-free: `bit(v, q)` is all ones where bit q of v is set, else 0 (cheaper than torch.where).
+    def bit(v: torch.Tensor, q: int) -> torch.Tensor:
+        return -((v >> q) & 1)
+
+    for q in range(depth - 1, 0, -1):  # Q = 2**q from the top bit down to 2
+        P = (1 << q) - 1
         for i in range(3):
-            has = (X[i] & Q) != 0
-            t = (X[0] ^ X[i]) & P
-            new0 = torch.where(has, X[0] ^ P, X[0] ^ t)
+            has = bit(X[i], q)
+            t = (X[0] ^ X[i]) & P & ~has  # exchange low bits where bit q of X[i] is clear
             if i != 0:
-                X[i] = torch.where(has, X[i], X[i] ^ t)
-            X[0] = new0
-        Q >>= 1
+                X[i] = X[i] ^ t
+            X[0] = X[0] ^ (P & has) ^ t  # invert low bits of X[0] where bit q of X[i] is set
     for i in range(1, 3):
         X[i] = X[i] ^ X[i - 1]
     t = torch.zeros_like(X[0])
-    Q = M
-    while Q > 1:
-        t = torch.where((X[2] & Q) != 0, t ^ (Q - 1), t)
-        Q >>= 1
+    for q in range(depth - 1, 0, -1):
+        t = t ^ (((1 << q) - 1) & bit(X[2], q))
     X = [v ^ t for v in X]
-    code = torch.zeros_like(X[0])
-    for level in range(depth - 1, -1, -1):  # MSB first
-        for a in range(3):
-            code = (code << 1) | ((X[a] >> level) & 1)
-    return code
+    return interleave3(X[0], X[1], X[2])  # MSB first, x first at every level
 
 
 def curve_depth(coords: torch.Tensor, spatial_shape: Sequence[int] | None) -> int:
@@ -90,9 +98,10 @@ def serialize(coords: torch.Tensor, curve: str = "z", spatial_shape: Sequence[in
         raise ValueError(f"curve_patches: coordinates (z, y, x) in [{lo}, {hi}] need {depth} bits per axis "
                          f"(3 * {depth} = {3 * depth}) plus {batch_bits} batch bits for {B} samples, more than the "
                          f"63 bits of an int64 code; use a coarser grid or fewer samples per call")
-    xyz = c[:, [3, 2, 1]]
+    x, y, z = c[:, 3], c[:, 2], c[:, 1]
     if curve.endswith("-trans"):
-        xyz = xyz[:, [1, 0, 2]]
+        x, y = y, x
+    xyz = torch.stack([x, y, z], 1)
     code = z_order_encode(xyz, depth) if curve.startswith("z") else hilbert_encode(xyz, depth)
     return (c[:, 0] << (3 * depth)) | code
 
