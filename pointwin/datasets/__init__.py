@@ -1,6 +1,7 @@
 """Datasets: synthetic LiDAR scenes (the embedded default), KITTI, nuScenes, Waymo; transforms; on-disk infos."""
 
 from .base import DATASETS, InfoDataset, PointDataset, load_points, read_infos, save_points
+from .kitti import KittiDataset
 from .synthetic import (
     CLASS_NAMES,
     HDL32,
@@ -19,6 +20,7 @@ __all__ = [
     "HDL32",
     "HDL64",
     "InfoDataset",
+    "KittiDataset",
     "LidarConfig",
     "PointDataset",
     "SceneConfig",
