@@ -12,6 +12,7 @@ import torch
 from pointwin.partition import (
     Partition,
     bev_windows,
+    cubic_windows,
     curve_patches,
     exponential_split_edges,
     exponential_split_index,
@@ -167,6 +168,16 @@ def test_bev_all_in_one_window_and_rectangular():
     assert p.num_groups == 1 and torch.equal(p.index, T(list(range(16))))
     p = bev_windows(coords, window=(4, 2)).check()  # (wx, wy): windows are rows y//2
     assert torch.equal(p.offsets, T([0, 8, 16]))
+
+
+def test_cubic_golden():
+    # window (2, 2, 2), shift (1, 0, 0) on grid (2, 2, 4): window (b, (z)//2, y//2, (x+1)//2).
+    # id0 (0,1,1,0) -> (0,0,0,0); id1 (0,0,0,1) -> (0,0,0,1); id2 (0,0,0,0) -> (0,0,0,0); id3 (0,0,1,3) -> (0,0,0,2)
+    # id4 (1,0,0,0) -> sample 1. Inside window (z, y, x): id2 (z0) before id0 (z1).
+    coords = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [0, 0, 1, 3], [1, 0, 0, 0]], dtype=torch.int32)
+    p = cubic_windows(coords, (2, 2, 4), window=(2, 2, 2), shift=(1, 0, 0)).check()
+    assert torch.equal(p.index, T([2, 0, 1, 3, 4]))
+    assert torch.equal(p.offsets, T([0, 2, 3, 4, 5]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch
 from pointwin.partition import (
     Partition,
     bev_windows,
+    cubic_windows,
     curve_patches,
     flattened_windows,
     radial_windows,
@@ -210,6 +211,21 @@ def test_bev_matches_reference(seed):
     p = bev_windows(coords, window=(wx, wy), spatial_shape=shape)
     assert_matches(p, index, None, first_owner(index, coords.shape[0]), size=None)
     assert p.group_sizes().tolist() == [len(groups[k]) for k in sorted(groups)]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_cubic_matches_reference(seed):
+    coords, shape = random_coords(seed)
+    g = torch.Generator().manual_seed(350 + seed)
+    window = (rand_int(g, 1, 9), rand_int(g, 1, 9), rand_int(g, 1, 3))
+    shift = tuple(rand_int(g, 0, w - 1) for w in window)
+    groups: dict[tuple, list] = {}
+    for i, (b, z, y, x) in enumerate(coords.tolist()):
+        key = (b, (z + shift[2]) // window[2], (y + shift[1]) // window[1], (x + shift[0]) // window[0])
+        groups.setdefault(key, []).append(((z, y, x), i))
+    index = [i for key in sorted(groups) for _, i in sorted(groups[key])]
+    p = cubic_windows(coords, shape, window=window, shift=shift)
+    assert_matches(p, index, None, first_owner(index, coords.shape[0]), size=None)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -2,6 +2,7 @@
 
 from .base import Partition
 from .bev import bev_windows
+from .cubic import cubic_windows
 from .curve import CURVES, curve_patches, hilbert_encode, serialize, z_order_encode
 from .flattened import flattened_order_key, flattened_windows
 from .radial import exponential_split_edges, exponential_split_index, radial_windows, spherical_coords
@@ -11,6 +12,7 @@ __all__ = [
     "CURVES",
     "Partition",
     "bev_windows",
+    "cubic_windows",
     "curve_patches",
     "exponential_split_edges",
     "exponential_split_index",
