@@ -201,11 +201,13 @@ def print_metrics(metrics: dict, title: str = "metrics") -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     from pointwin.engine import Trainer, TrainSettings, dist
     from pointwin.engine.builders import build_dataset, build_model, dataset_evaluator
+    from pointwin.engine.trainer import set_seed
 
     cfg = _load_config(args.config, args.overrides, amp=args.amp)
     info = dist.init_distributed(None if args.device == "auto" else args.device)
     try:
         settings = TrainSettings.from_config(cfg.get("train"))
+        set_seed(args.seed)  # same initial weights on every rank and in every run with this seed
         model = build_model(cfg["model"], "model")
         train_set = build_dataset(_data_section(cfg, "train"), "data.train")
         val_cfg = (cfg.get("data") or {}).get("val")

@@ -83,6 +83,7 @@ def run_demo(work_dir: str | os.PathLike | None = None, quick: bool = False, dev
     from pointwin.datasets.synthetic import create_synthetic
     from pointwin.engine import Trainer, TrainSettings
     from pointwin.engine.builders import build_dataset, build_model, import_modules
+    from pointwin.engine.trainer import set_seed
     from pointwin.visualize import draw_sample_bev, plot_training_curves
 
     t_start = time.perf_counter()
@@ -112,6 +113,7 @@ def run_demo(work_dir: str | os.PathLike | None = None, quick: bool = False, dev
     settings = TrainSettings.from_config(cfg.get("train"))
     train_set = build_dataset(cfg["data"]["train"], "data.train")
     val_set = build_dataset(cfg["data"]["val"], "data.val")
+    set_seed(seed)
     model = build_model(cfg["model"], "model")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[2/4] training {cfg['model'].get('type')} ({n_params / 1e6:.2f} M parameters) on {len(train_set)} "

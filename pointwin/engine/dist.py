@@ -12,6 +12,7 @@ into one float64 tensor with the sample index in column 0, all ranks exchange si
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -94,7 +95,11 @@ def wrap_model(model: torch.nn.Module, device: torch.device, sync_bn: bool = Fal
     if not get_info().distributed:
         return model
     if sync_bn:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if device.type == "cpu":  # torch's SyncBatchNorm only runs on GPU/XPU inputs
+            warnings.warn("train.sync_bn is ignored on the CPU (torch's SyncBatchNorm needs a GPU); "
+                          "each process normalises with its own batch statistics", stacklevel=2)
+        else:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids,
                                                      find_unused_parameters=find_unused_parameters)
