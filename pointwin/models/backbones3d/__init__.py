@@ -3,5 +3,6 @@
 from .dsvt import DSVT
 from .flatformer import FlatFormer
 from .scatterformer import ScatterFormer
+from .sphereseg import SphereSeg
 
-__all__ = ["DSVT", "FlatFormer", "ScatterFormer"]
+__all__ = ["DSVT", "FlatFormer", "ScatterFormer", "SphereSeg"]
