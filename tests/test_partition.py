@@ -373,3 +373,11 @@ def test_check_rejects_broken_partitions():
         Partition(T([0, 1, 0]), T([0, 3]), T([0, 1]), None, None).check()
     with pytest.raises(ValueError, match="first slot"):
         Partition(T([0, 1]), T([0, 1, 2]), T([0, 1]), None, torch.tensor([True, False])).check()
+
+
+def test_equal_and_to():
+    a = flattened_windows(grid_coords(FULL_4X4), (1, 4, 4), window=(2, 2), group_size=5)
+    b = flattened_windows(grid_coords(FULL_4X4), (1, 4, 4), window=(2, 2), group_size=5)
+    assert a.equal(b) and a.to("cpu").equal(a)
+    assert not a.equal(flattened_windows(grid_coords(FULL_4X4), (1, 4, 4), window=(2, 2), group_size=5, axis="y"))
+    assert not a.equal(bev_windows(grid_coords(FULL_4X4), window=2))

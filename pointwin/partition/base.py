@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass
+@dataclass(eq=False)  # tensors do not compare to one bool: use equal()
 class Partition:
     """Which voxels attend to each other.
 
@@ -53,6 +53,15 @@ class Partition:
     def slot_group(self) -> torch.Tensor:
         """(M,) group id of each slot."""
         return torch.repeat_interleave(torch.arange(self.num_groups, device=self.device), self.group_sizes())
+
+    def equal(self, other: Partition) -> bool:
+        """True when both partitions hold the same tensors (on any devices) and the same size."""
+        if self.size != other.size or (self.key_pad is None) != (other.key_pad is None):
+            return False
+        pairs = [(self.index, other.index), (self.offsets, other.offsets), (self.owner, other.owner)]
+        if self.key_pad is not None:
+            pairs.append((self.key_pad, other.key_pad))
+        return all(a.shape == b.shape and torch.equal(a.cpu(), b.cpu()) for a, b in pairs)
 
     def to(self, device: torch.device | str) -> Partition:
         return Partition(self.index.to(device), self.offsets.to(device), self.owner.to(device), self.size,
