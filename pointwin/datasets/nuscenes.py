@@ -1,0 +1,457 @@
+"""nuScenes: info files from the JSON tables, multi-sweep LIDAR_TOP clouds, boxes, lidarseg, CBGS.
+
+Info creation reads the devkit's JSON tables (``<root>/<version>/*.json``) directly (no devkit needed,
+no map files) and writes JSON infos (never pickle)::
+
+    {"metadata": {"version", "split", "max_sweeps", "class_names", "lidarseg_classes", "lidarseg_map"},
+     "infos": [{"token", "frame_id", "scene_name", "timestamp", "lidar_path", "lidar2ego", "ego2global",
+                "sweeps": [{"lidar_path", "sample_data_token", "timestamp", "time_lag", "sensor2lidar"}],
+                "lidarseg_path" (optional),
+                "annos": {"names", "categories", "boxes", "num_lidar_pts", "num_radar_pts", "valid",
+                          "velocity_valid", "tokens", "instance_tokens"}  (absent for the test split)}]}
+
+Boxes are in the keyframe's LIDAR_TOP frame in pointwin's convention ``(x, y, z, dx, dy, dz, yaw, vx, vy)``:
+global -> ego -> lidar; nuScenes ``size = (w, l, h)`` gives ``dx = l, dy = w, dz = h``; yaw is the
+heading of the box's x axis after the rotation; velocity (the devkit's centred difference over the
+neighbouring annotations, 0 with ``velocity_valid = false`` where undefined) is rotated into the lidar frame.
+``names`` holds the detection class of each box or ``"ignore"`` for categories outside the 10 classes.
+
+Sweeps are the up to ``max_sweeps`` LIDAR_TOP sample_data records preceding the keyframe, each with the
+4x4 transform from its sensor frame into the keyframe's lidar frame and its time lag in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..structures import Boxes3D, Sample
+
+__all__ = ["CATEGORY_TO_DETECTION", "DETECTION_CLASSES", "LIDARSEG_CLASSES", "LIDARSEG_FINE_TO_COARSE",
+           "NuScenesDataset", "NuScenesTables", "aggregate_sweeps", "box_velocity", "cbgs_indices",
+           "create_nuscenes_infos", "global_boxes_to_lidar", "load_lidar_points", "quaternion_to_matrix",
+           "transform_matrix"]
+
+DETECTION_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
+                     "pedestrian", "traffic_cone")
+
+# The devkit's default category -> detection class mapping; other categories are "ignore".
+CATEGORY_TO_DETECTION = {
+    "movable_object.barrier": "barrier",
+    "vehicle.bicycle": "bicycle",
+    "vehicle.bus.bendy": "bus",
+    "vehicle.bus.rigid": "bus",
+    "vehicle.car": "car",
+    "vehicle.construction": "construction_vehicle",
+    "vehicle.motorcycle": "motorcycle",
+    "human.pedestrian.adult": "pedestrian",
+    "human.pedestrian.child": "pedestrian",
+    "human.pedestrian.construction_worker": "pedestrian",
+    "human.pedestrian.police_officer": "pedestrian",
+    "movable_object.trafficcone": "traffic_cone",
+    "vehicle.trailer": "trailer",
+    "vehicle.truck": "truck",
+}
+
+# The 16 lidarseg challenge classes (the devkit's coarse indices 1..16 shifted to 0..15; ignore -> -1).
+LIDARSEG_CLASSES = ("barrier", "bicycle", "bus", "car", "construction_vehicle", "motorcycle", "pedestrian",
+                    "traffic_cone", "trailer", "truck", "driveable_surface", "other_flat", "sidewalk", "terrain",
+                    "manmade", "vegetation")
+
+LIDARSEG_FINE_TO_COARSE = {
+    "noise": None, "animal": None,
+    "human.pedestrian.adult": "pedestrian", "human.pedestrian.child": "pedestrian",
+    "human.pedestrian.construction_worker": "pedestrian", "human.pedestrian.police_officer": "pedestrian",
+    "human.pedestrian.personal_mobility": None, "human.pedestrian.stroller": None,
+    "human.pedestrian.wheelchair": None,
+    "movable_object.barrier": "barrier", "movable_object.debris": None, "movable_object.pushable_pullable": None,
+    "movable_object.trafficcone": "traffic_cone", "static_object.bicycle_rack": None,
+    "vehicle.bicycle": "bicycle", "vehicle.bus.bendy": "bus", "vehicle.bus.rigid": "bus", "vehicle.car": "car",
+    "vehicle.construction": "construction_vehicle", "vehicle.emergency.ambulance": None,
+    "vehicle.emergency.police": None, "vehicle.motorcycle": "motorcycle", "vehicle.trailer": "trailer",
+    "vehicle.truck": "truck",
+    "flat.driveable_surface": "driveable_surface", "flat.other": "other_flat", "flat.sidewalk": "sidewalk",
+    "flat.terrain": "terrain", "static.manmade": "manmade", "static.other": None, "static.vegetation": "vegetation",
+    "vehicle.ego": None,
+}
+
+# Official v1.0-mini scene split (the devkit's splits.mini_train / mini_val).
+MINI_SPLITS = {
+    "mini_train": ["scene-0061", "scene-0553", "scene-0655", "scene-0757", "scene-0796", "scene-1077", "scene-1094",
+                   "scene-1100"],
+    "mini_val": ["scene-0103", "scene-0916"],
+}
+
+
+# ---- geometry -----------------------------------------------------------------------------------------
+def quaternion_to_matrix(q: Sequence[float]) -> np.ndarray:
+    """(w, x, y, z) quaternion (nuScenes order) -> (3, 3) rotation matrix (float64)."""
+    w, x, y, z = (float(v) for v in q)
+    n = math.sqrt(w * w + x * x + y * y + z * z)
+    if n == 0:
+        raise ValueError("quaternion_to_matrix: zero quaternion")
+    w, x, y, z = w / n, x / n, y / n, z / n
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def transform_matrix(translation: Sequence[float], rotation: Sequence[float]) -> np.ndarray:
+    """(4, 4) transform from a nuScenes ``translation`` and ``rotation`` (w, x, y, z)."""
+    m = np.eye(4)
+    m[:3, :3] = quaternion_to_matrix(rotation)
+    m[:3, 3] = np.asarray(translation, dtype=np.float64)
+    return m
+
+
+def global_boxes_to_lidar(translation: np.ndarray, size_wlh: np.ndarray, rotation: np.ndarray,
+                          velocity: np.ndarray, ego2global: np.ndarray, lidar2ego: np.ndarray) -> np.ndarray:
+    """Global nuScenes boxes -> (M, 9) float64 pointwin boxes in the lidar frame.
+
+    Args:
+        translation: (M, 3) global centres; size_wlh: (M, 3) width, length, height;
+        rotation: (M, 4) quaternions (w, x, y, z); velocity: (M, 3) global velocity (m/s).
+        ego2global, lidar2ego: (4, 4).
+    """
+    lidar_from_global = np.linalg.inv(lidar2ego) @ np.linalg.inv(ego2global)
+    rot = lidar_from_global[:3, :3]
+    m = len(translation)
+    out = np.zeros((m, 9))
+    if m == 0:
+        return out
+    out[:, :3] = np.asarray(translation, dtype=np.float64) @ rot.T + lidar_from_global[:3, 3]
+    size = np.asarray(size_wlh, dtype=np.float64)
+    out[:, 3], out[:, 4], out[:, 5] = size[:, 1], size[:, 0], size[:, 2]
+    for i in range(m):
+        r = rot @ quaternion_to_matrix(rotation[i])
+        out[i, 6] = math.atan2(r[1, 0], r[0, 0])
+    out[:, 7:9] = (np.asarray(velocity, dtype=np.float64) @ rot.T)[:, :2]
+    return out
+
+
+# ---- tables -------------------------------------------------------------------------------------------
+class NuScenesTables:
+    """The JSON tables of one nuScenes version, indexed by token (a light stand-in for the devkit)."""
+
+    REQUIRED = ("scene", "sample", "sample_data", "calibrated_sensor", "sensor", "ego_pose", "category")
+    OPTIONAL = ("sample_annotation", "instance", "lidarseg")
+
+    def __init__(self, root: str | os.PathLike, version: str) -> None:
+        self.root = Path(root)
+        self.version = version
+        folder = self.root / version
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder} not found: expected the nuScenes tables of version {version!r}")
+        self.tables: dict[str, list[dict]] = {}
+        for name in self.REQUIRED + self.OPTIONAL:
+            path = folder / f"{name}.json"
+            if not path.exists():
+                if name in self.REQUIRED:
+                    raise FileNotFoundError(f"{path} not found (required nuScenes table {name!r})")
+                self.tables[name] = []
+                continue
+            data = json.loads(path.read_text())
+            if not isinstance(data, list):
+                raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+            self.tables[name] = data
+        self._index = {name: {r["token"]: r for r in rows} for name, rows in self.tables.items()}
+
+    def get(self, table: str, token: str) -> dict:
+        try:
+            return self._index[table][token]
+        except KeyError:
+            raise KeyError(f"nuScenes {self.version}: no {table!r} record with token {token!r}") from None
+
+    def __getitem__(self, table: str) -> list[dict]:
+        return self.tables[table]
+
+
+def box_velocity(tables: NuScenesTables, ann: dict, max_time_diff: float = 1.5) -> np.ndarray:
+    """Global (3,) velocity of an annotation from its neighbours (NaN when undefined), as the devkit does."""
+    has_prev, has_next = bool(ann.get("prev")), bool(ann.get("next"))
+    if not has_prev and not has_next:
+        return np.full(3, np.nan)
+    first = tables.get("sample_annotation", ann["prev"]) if has_prev else ann
+    last = tables.get("sample_annotation", ann["next"]) if has_next else ann
+    dt = 1e-6 * (tables.get("sample", last["sample_token"])["timestamp"]
+                 - tables.get("sample", first["sample_token"])["timestamp"])
+    if has_prev and has_next:
+        max_time_diff *= 2  # a centred difference may span twice the gap
+    if dt <= 0 or dt > max_time_diff:
+        return np.full(3, np.nan)
+    return (np.asarray(last["translation"], dtype=np.float64) - np.asarray(first["translation"])) / dt
+
+
+def _lidar_pose(tables: NuScenesTables, sd: dict) -> tuple[np.ndarray, np.ndarray]:
+    cs = tables.get("calibrated_sensor", sd["calibrated_sensor_token"])
+    pose = tables.get("ego_pose", sd["ego_pose_token"])
+    return transform_matrix(cs["translation"], cs["rotation"]), transform_matrix(pose["translation"],
+                                                                                 pose["rotation"])
+
+
+def _lidar_keyframe(tables: NuScenesTables, sample_token: str, lidar_sd: dict[str, dict]) -> dict:
+    sd = lidar_sd.get(sample_token)
+    if sd is None:
+        raise KeyError(f"nuScenes {tables.version}: sample {sample_token} has no LIDAR_TOP keyframe sample_data")
+    return sd
+
+
+def _scene_splits(version: str, tables: NuScenesTables) -> dict[str, list[str]]:
+    if version == "v1.0-mini":
+        return dict(MINI_SPLITS)
+    if version == "v1.0-test":
+        return {"test": [s["name"] for s in tables["scene"]]}
+    if version == "v1.0-trainval":
+        try:
+            from nuscenes.utils.splits import create_splits_scenes
+        except ImportError as e:
+            raise ImportError("the official v1.0-trainval train/val scene lists come from nuscenes-devkit: "
+                              "pip install 'pointwin[nuscenes]' or pass splits={'train': [...], 'val': [...]}") from e
+        scenes = create_splits_scenes(verbose=False)
+        return {"train": scenes["train"], "val": scenes["val"]}
+    raise ValueError(f"unknown nuScenes version {version!r}; expected v1.0-mini, v1.0-trainval or v1.0-test "
+                     "(or pass splits=)")
+
+
+def _lidarseg_map(tables: NuScenesTables) -> list[int]:
+    """Fine lidarseg index -> coarse class 0..15 or -1 (ignore), from the category table's ``index``."""
+    pairs = [(c["index"], c["name"]) for c in tables["category"] if "index" in c]
+    if not pairs:
+        return []
+    out = [-1] * (max(i for i, _ in pairs) + 1)
+    for idx, name in pairs:
+        if name not in LIDARSEG_FINE_TO_COARSE:
+            raise KeyError(f"nuScenes category {name!r} (lidarseg index {idx}) has no lidarseg challenge mapping")
+        coarse = LIDARSEG_FINE_TO_COARSE[name]
+        out[idx] = -1 if coarse is None else LIDARSEG_CLASSES.index(coarse)
+    return out
+
+
+def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval", out: str | os.PathLike | None = None,
+                          max_sweeps: int = 10, splits: dict[str, Sequence[str]] | None = None,
+                          ) -> dict[str, list[dict]]:
+    """Build the info lists of every split of ``version`` and write ``nuscenes_infos_<version>_<split>.json``.
+
+    Args:
+        root: the dataset root (holding ``samples/``, ``sweeps/`` and ``<version>/``).
+        out: output folder (default ``root``).
+        max_sweeps: previous LIDAR_TOP sweeps recorded per keyframe.
+        splits: ``{split name: [scene names]}``; default the official split of ``version``.
+    Returns:
+        ``{split: infos}``.
+    """
+    tables = NuScenesTables(root, version)
+    splits = dict(splits) if splits is not None else _scene_splits(version, tables)
+    lidar_sensor_tokens = {s["token"] for s in tables["sensor"] if s.get("channel") == "LIDAR_TOP"}
+    lidar_cs = {c["token"] for c in tables["calibrated_sensor"] if c["sensor_token"] in lidar_sensor_tokens}
+    lidar_sd = {sd["sample_token"]: sd for sd in tables["sample_data"]
+                if sd["calibrated_sensor_token"] in lidar_cs and sd.get("is_key_frame", False)}
+    anns_by_sample: dict[str, list[dict]] = defaultdict(list)
+    for ann in tables["sample_annotation"]:
+        anns_by_sample[ann["sample_token"]].append(ann)
+    lidarseg_by_sd = {r["sample_data_token"]: r["filename"] for r in tables["lidarseg"]}
+    scene_name = {s["token"]: s["name"] for s in tables["scene"]}
+    has_annotations = bool(tables["sample_annotation"])
+
+    split_of_scene = {}
+    for split, names in splits.items():
+        for name in names:
+            split_of_scene[name] = split
+    result: dict[str, list[dict]] = {split: [] for split in splits}
+    for sample in sorted(tables["sample"], key=lambda s: (scene_name.get(s["scene_token"], ""), s["timestamp"])):
+        split = split_of_scene.get(scene_name.get(sample["scene_token"], ""))
+        if split is None:
+            continue
+        sd = _lidar_keyframe(tables, sample["token"], lidar_sd)
+        lidar2ego, ego2global = _lidar_pose(tables, sd)
+        lidar_from_global = np.linalg.inv(lidar2ego) @ np.linalg.inv(ego2global)
+        info = {
+            "token": sample["token"], "frame_id": sample["token"], "scene_token": sample["scene_token"],
+            "scene_name": scene_name[sample["scene_token"]], "timestamp": sd["timestamp"],
+            "lidar_path": sd["filename"], "lidar_token": sd["token"],
+            "lidar2ego": lidar2ego.tolist(), "ego2global": ego2global.tolist(), "sweeps": [],
+        }
+        cur = sd
+        while len(info["sweeps"]) < max_sweeps and cur.get("prev"):
+            cur = tables.get("sample_data", cur["prev"])
+            s_l2e, s_e2g = _lidar_pose(tables, cur)
+            info["sweeps"].append({
+                "lidar_path": cur["filename"], "sample_data_token": cur["token"], "timestamp": cur["timestamp"],
+                "time_lag": 1e-6 * (sd["timestamp"] - cur["timestamp"]),
+                "sensor2lidar": (lidar_from_global @ s_e2g @ s_l2e).tolist(),
+            })
+        if sd["token"] in lidarseg_by_sd:
+            info["lidarseg_path"] = lidarseg_by_sd[sd["token"]]
+        if has_annotations:
+            anns = anns_by_sample.get(sample["token"], [])
+            cats = [tables.get("category", tables.get("instance", a["instance_token"])["category_token"])["name"]
+                    for a in anns]
+            vel = np.array([box_velocity(tables, a) for a in anns]).reshape(-1, 3)
+            vel_ok = ~np.isnan(vel).any(1)
+            boxes = global_boxes_to_lidar(np.array([a["translation"] for a in anns]).reshape(-1, 3),
+                                          np.array([a["size"] for a in anns]).reshape(-1, 3),
+                                          np.array([a["rotation"] for a in anns]).reshape(-1, 4),
+                                          np.where(vel_ok[:, None], vel, 0.0), ego2global, lidar2ego)
+            info["annos"] = {
+                "names": [CATEGORY_TO_DETECTION.get(c, "ignore") for c in cats],
+                "categories": cats,
+                "boxes": boxes.tolist(),
+                "num_lidar_pts": [int(a["num_lidar_pts"]) for a in anns],
+                "num_radar_pts": [int(a["num_radar_pts"]) for a in anns],
+                "valid": [int(a["num_lidar_pts"]) + int(a["num_radar_pts"]) > 0 for a in anns],
+                "velocity_valid": vel_ok.tolist(),
+                "tokens": [a["token"] for a in anns],
+                "instance_tokens": [a["instance_token"] for a in anns],
+            }
+        result[split].append(info)
+
+    out = Path(out) if out is not None else Path(root)
+    out.mkdir(parents=True, exist_ok=True)
+    seg_map = _lidarseg_map(tables)
+    for split, infos in result.items():
+        doc = {"metadata": {"version": version, "split": split, "max_sweeps": max_sweeps,
+                            "class_names": list(DETECTION_CLASSES), "lidarseg_classes": list(LIDARSEG_CLASSES),
+                            "lidarseg_map": seg_map}, "infos": infos}
+        path = out / f"nuscenes_infos_{version}_{split}.json"
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)
+    return result
+
+
+# ---- points -----------------------------------------------------------------------------------------------
+def load_lidar_points(path: str | os.PathLike, num_channels: int = 5, dtype: np.dtype | type = np.float32,
+                      ) -> np.ndarray:
+    """A raw LiDAR file (``.pcd.bin``: float32 x 5) as float32 (N, num_channels)."""
+    raw = np.fromfile(path, dtype=dtype)
+    if raw.size % num_channels:
+        raise ValueError(f"{path}: {raw.size} {np.dtype(dtype).name} values are not a multiple of "
+                         f"{num_channels} channels")
+    return raw.reshape(-1, num_channels).astype(np.float32)
+
+
+def aggregate_sweeps(root: str | os.PathLike, info: dict, num_sweeps: int = 10, remove_close: float = 1.0,
+                     ) -> tuple[np.ndarray, int]:
+    """Keyframe + up to ``num_sweeps - 1`` previous sweeps in the keyframe lidar frame.
+
+    Sweep points within ``remove_close`` metres (x-y) of their own sensor are dropped (the ego vehicle's
+    roof returns), as in OpenPCDet.
+
+    Returns:
+        float32 (N, 5) x, y, z, intensity, time lag (s), and the number of keyframe points (first rows).
+    """
+    root = Path(root)
+    key = load_lidar_points(root / info["lidar_path"])
+    clouds = [np.concatenate([key[:, :4], np.zeros((len(key), 1), np.float32)], 1)]
+    for sweep in info["sweeps"][:max(num_sweeps - 1, 0)]:
+        pts = load_lidar_points(root / sweep["lidar_path"])[:, :4].astype(np.float64)
+        if remove_close > 0:
+            pts = pts[np.hypot(pts[:, 0], pts[:, 1]) >= remove_close]
+        m = np.asarray(sweep["sensor2lidar"], dtype=np.float64)
+        xyz = pts[:, :3] @ m[:3, :3].T + m[:3, 3]
+        lag = np.full((len(pts), 1), sweep["time_lag"])
+        clouds.append(np.concatenate([xyz, pts[:, 3:4], lag], 1).astype(np.float32))
+    return np.concatenate(clouds), len(key)
+
+
+# ---- class-balanced grouping and sampling --------------------------------------------------------------
+def cbgs_indices(infos: Sequence[dict], class_names: Sequence[str], seed: int = 0) -> list[int]:
+    """Class-balanced resampling (CBGS): indices into ``infos`` so each class appears in ~1/K of the samples.
+
+    For each class c, the samples containing c are drawn with replacement ``int(n_c * ratio_c)`` times,
+    ``ratio_c = (1 / K) / (n_c / sum_k n_k)``; classes with no sample are skipped.
+    """
+    per_class: dict[str, list[int]] = {c: [] for c in class_names}
+    for i, info in enumerate(infos):
+        for name in set(info.get("annos", {}).get("names", [])):
+            if name in per_class:
+                per_class[name].append(i)
+    total = sum(len(v) for v in per_class.values())
+    if total == 0:
+        return list(range(len(infos)))
+    rng = np.random.default_rng(seed)
+    frac = 1.0 / len(class_names)
+    out: list[int] = []
+    for idx in per_class.values():
+        if not idx:
+            continue
+        ratio = frac / (len(idx) / total)
+        out.extend(rng.choice(idx, int(len(idx) * ratio)).tolist())
+    return out
+
+
+class NuScenesDataset(torch.utils.data.Dataset):
+    """nuScenes keyframes as :class:`~pointwin.structures.Sample` with multi-sweep points.
+
+    Points are float32 (N, 5) ``x, y, z, intensity, time_lag`` in the keyframe lidar frame; boxes
+    (M, 9) with velocity (or (M, 7)); labels index ``class_names``.
+
+    Args:
+        root: dataset root (lidar paths in the infos are relative to it).
+        info_path: a ``nuscenes_infos_<version>_<split>.json``.
+        num_sweeps: clouds aggregated including the keyframe (10 = keyframe + 9 sweeps).
+        filter_empty: drop boxes with ``num_lidar_pts == 0``.
+        cbgs: class-balanced resampling of the frame list (see :func:`cbgs_indices`), seeded by ``seed``.
+        with_lidarseg: load the keyframe's lidarseg labels mapped to the 16 challenge classes as
+            ``point_labels`` (-1 = ignore, and for sweep points).
+    """
+
+    channels = ("x", "y", "z", "intensity", "time_lag")
+
+    def __init__(self, root: str | os.PathLike, info_path: str | os.PathLike,
+                 class_names: Sequence[str] = DETECTION_CLASSES, num_sweeps: int = 10, with_velocity: bool = True,
+                 filter_empty: bool = True, cbgs: bool = False, seed: int = 0, with_lidarseg: bool = False,
+                 remove_close: float = 1.0) -> None:
+        self.root = Path(root)
+        doc = json.loads(Path(info_path).read_text())
+        if not isinstance(doc, dict) or "infos" not in doc:
+            raise ValueError(f"{info_path}: expected a JSON object with 'metadata' and 'infos' "
+                             "(written by create_nuscenes_infos)")
+        self.metadata, self.infos = doc.get("metadata", {}), doc["infos"]
+        self.class_names = tuple(class_names)
+        self.num_sweeps, self.with_velocity, self.filter_empty = num_sweeps, with_velocity, filter_empty
+        self.with_lidarseg, self.remove_close = with_lidarseg, remove_close
+        self.indices = cbgs_indices(self.infos, self.class_names, seed) if cbgs else list(range(len(self.infos)))
+        self._seg_map = np.asarray(self.metadata.get("lidarseg_map", []), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> Sample:
+        info = self.infos[self.indices[index]]
+        points, n_key = aggregate_sweeps(self.root, info, self.num_sweeps, self.remove_close)
+        boxes = labels = None
+        meta = {"timestamp": info["timestamp"], "scene_name": info["scene_name"],
+                "lidar2ego": info["lidar2ego"], "ego2global": info["ego2global"]}
+        if "annos" in info:
+            a = info["annos"]
+            keep = np.array([n in self.class_names for n in a["names"]], dtype=bool)
+            if self.filter_empty:
+                keep &= np.asarray(a["num_lidar_pts"], dtype=np.int64) > 0
+            b = np.asarray(a["boxes"], dtype=np.float32).reshape(-1, 9)[keep]
+            boxes = Boxes3D(torch.from_numpy(b if self.with_velocity else b[:, :7].copy()))
+            labels = torch.tensor([self.class_names.index(n) for n, k in zip(a["names"], keep) if k],
+                                  dtype=torch.long)
+            meta["num_lidar_pts"] = [n for n, k in zip(a["num_lidar_pts"], keep) if k]
+        point_labels = None
+        if self.with_lidarseg:
+            if "lidarseg_path" not in info:
+                raise KeyError(f"frame {info['token']} has no lidarseg labels (lidarseg.json lacks its sample_data)")
+            fine = np.fromfile(self.root / info["lidarseg_path"], dtype=np.uint8).astype(np.int64)
+            if len(fine) != n_key:
+                raise ValueError(f"{info['lidarseg_path']}: {len(fine)} labels for {n_key} keyframe points")
+            if len(fine) and fine.max() >= len(self._seg_map):
+                raise ValueError(f"{info['lidarseg_path']}: label {fine.max()} outside the category index table")
+            point_labels = torch.full((len(points),), -1, dtype=torch.long)
+            point_labels[:n_key] = torch.from_numpy(self._seg_map[fine])
+        return Sample(points=torch.from_numpy(points), channels=self.channels, frame_id=info["frame_id"],
+                      boxes=boxes, labels=labels, point_labels=point_labels, meta=meta)
