@@ -192,11 +192,11 @@ def test_iou3d_matches_shapely(backend):
     assert boxes_iou3d(u, w, backend=backend).item() == 0.0
 
 
-def naive_nms(boxes: np.ndarray, scores: np.ndarray, thr: float, pre_max=None, post_max=None) -> list[int]:
+def naive_nms(iou: np.ndarray, scores: np.ndarray, thr: float, pre_max=None, post_max=None) -> list[int]:
+    """Greedy NMS over a precomputed (shapely) IoU matrix."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
     if pre_max is not None:
         order = order[:pre_max]
-    iou = shapely_iou_bev(boxes, boxes)
     keep: list[int] = []
     for i in order:
         if all(iou[k, i] <= thr for k in keep):
@@ -211,9 +211,9 @@ def test_nms_matches_naive_greedy(backend):
     scores = rng.uniform(size=120)
     scores[10:20] = scores[0]  # ties keep the lower index first
     tb, ts = torch.from_numpy(boxes).float(), torch.from_numpy(scores).float()
-    b32, s32 = tb.double().numpy(), ts.double().numpy()
+    iou = shapely_iou_bev(tb.double().numpy(), tb.double().numpy())
     for thr, pre, post in ((0.1, None, None), (0.5, None, None), (0.3, 60, None), (0.2, None, 7)):
-        ref = naive_nms(b32, s32, thr, pre, post)
+        ref = naive_nms(iou, ts.double().numpy(), thr, pre, post)
         got = nms_bev(Boxes3D(tb), ts, thr, pre_max=pre, post_max=post, backend=backend)
         assert got.dtype == torch.int64
         assert got.tolist() == ref, (thr, pre, post)

@@ -15,72 +15,93 @@ _CAP = 16  # an intersection of two quadrilaterals has at most 8 vertices; room 
 
 
 @numba.njit(cache=True, inline="always")
-def _corners(box, cx, cy, out):
-    """Write the 4 CCW corners of ``box`` relative to (cx, cy) into out (4, 2)."""
-    c, s = np.cos(box[4]), np.sin(box[4])
-    hx, hy = box[2] / 2.0, box[3] / 2.0
-    x, y = box[0] - cx, box[1] - cy
-    sx = (1.0, -1.0, -1.0, 1.0)
-    sy = (1.0, 1.0, -1.0, -1.0)
-    for k in range(4):
-        lx, ly = sx[k] * hx, sy[k] * hy
-        out[k, 0] = x + lx * c - ly * s
-        out[k, 1] = y + lx * s + ly * c
+def _corners(x, y, dx, dy, yaw, out):
+    """Write the 4 CCW corners of box (x, y, dx, dy, yaw) into out (4, 2), starting front-left."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    hx, hy = dx / 2.0, dy / 2.0
+    out[0, 0], out[0, 1] = x + hx * c - hy * s, y + hx * s + hy * c
+    out[1, 0], out[1, 1] = x - hx * c - hy * s, y - hx * s + hy * c
+    out[2, 0], out[2, 1] = x - hx * c + hy * s, y - hx * s - hy * c
+    out[3, 0], out[3, 1] = x + hx * c + hy * s, y + hx * s - hy * c
 
 
 @numba.njit(cache=True)
-def _pair_area(a, b, pa, pb, buf0, buf1):
-    """Intersection area of boxes a and b (rows of 5); pa/pb (4,2) and buf0/buf1 (_CAP,2) are scratch."""
-    if a[2] <= 0.0 or a[3] <= 0.0 or b[2] <= 0.0 or b[3] <= 0.0:
-        return 0.0
-    ra = 0.5 * np.sqrt(a[2] * a[2] + a[3] * a[3])
-    rb = 0.5 * np.sqrt(b[2] * b[2] + b[3] * b[3])
-    dx, dy = b[0] - a[0], b[1] - a[1]
-    if dx * dx + dy * dy > (ra + rb) * (ra + rb):
-        return 0.0
-    _corners(a, a[0], a[1], pa)
-    _corners(b, a[0], a[1], pb)
+def _clip_area(a, i, b, j, pa, pb, buf):
+    """Intersection area of boxes a[i] and b[j] (rows of 5, positive sizes, bounding circles meeting).
+
+    pa/pb (4, 2) and buf (2, _CAP, 2) are scratch buffers.
+    """
+    cx, cy = a[i, 0], a[i, 1]
+    _corners(0.0, 0.0, a[i, 2], a[i, 3], a[i, 4], pa)
+    _corners(b[j, 0] - cx, b[j, 1] - cy, b[j, 2], b[j, 3], b[j, 4], pb)
+    # buf[0] and buf[1] alternate as source and destination polygons (no array-reference swapping).
     n = 4
     for k in range(4):
-        buf0[k, 0], buf0[k, 1] = pa[k, 0], pa[k, 1]
-    src, dst = buf0, buf1
+        buf[0, k, 0], buf[0, k, 1] = pa[k, 0], pa[k, 1]
+    src = 0
     for e in range(4):
         e0x, e0y = pb[e, 0], pb[e, 1]
-        ex, ey = pb[(e + 1) % 4, 0] - e0x, pb[(e + 1) % 4, 1] - e0y
+        e1 = e + 1 if e < 3 else 0
+        ex, ey = pb[e1, 0] - e0x, pb[e1, 1] - e0y
+        dst = 1 - src
         m = 0
-        for i in range(n):
-            j = i + 1 if i + 1 < n else 0
-            di = ex * (src[i, 1] - e0y) - ey * (src[i, 0] - e0x)
-            dj = ex * (src[j, 1] - e0y) - ey * (src[j, 0] - e0x)
-            if di >= 0.0 and m < _CAP:
-                dst[m, 0], dst[m, 1] = src[i, 0], src[i, 1]
+        dk = ex * (buf[src, 0, 1] - e0y) - ey * (buf[src, 0, 0] - e0x)
+        d0 = dk
+        for k in range(n):
+            l = k + 1 if k + 1 < n else 0
+            dl = d0 if l == 0 else ex * (buf[src, l, 1] - e0y) - ey * (buf[src, l, 0] - e0x)
+            if dk >= 0.0 and m < _CAP:
+                buf[dst, m, 0], buf[dst, m, 1] = buf[src, k, 0], buf[src, k, 1]
                 m += 1
-            if (di >= 0.0) != (dj >= 0.0) and m < _CAP:
-                t = di / (di - dj)
-                dst[m, 0] = src[i, 0] + t * (src[j, 0] - src[i, 0])
-                dst[m, 1] = src[i, 1] + t * (src[j, 1] - src[i, 1])
+            if (dk >= 0.0) != (dl >= 0.0) and m < _CAP:
+                t = dk / (dk - dl)
+                buf[dst, m, 0] = buf[src, k, 0] + t * (buf[src, l, 0] - buf[src, k, 0])
+                buf[dst, m, 1] = buf[src, k, 1] + t * (buf[src, l, 1] - buf[src, k, 1])
                 m += 1
+            dk = dl
         n = m
-        src, dst = dst, src
+        src = dst
         if n < 3:
             return 0.0
     area = 0.0
-    for i in range(n):
-        j = i + 1 if i + 1 < n else 0
-        area += src[i, 0] * src[j, 1] - src[j, 0] * src[i, 1]
+    for k in range(n):
+        l = k + 1 if k + 1 < n else 0
+        area += buf[src, k, 0] * buf[src, l, 1] - buf[src, l, 0] * buf[src, k, 1]
     area = abs(area) * 0.5
-    return min(area, a[2] * a[3], b[2] * b[3])
+    return min(area, a[i, 2] * a[i, 3], b[j, 2] * b[j, 3])
+
+
+@numba.njit(cache=True)
+def _radii(boxes):
+    """Half diagonals (bounding-circle radii); -1 for zero-area boxes so that they never overlap."""
+    r = np.empty(boxes.shape[0])
+    for i in range(boxes.shape[0]):
+        if boxes[i, 2] > 0.0 and boxes[i, 3] > 0.0:
+            r[i] = 0.5 * np.sqrt(boxes[i, 2] ** 2 + boxes[i, 3] ** 2)
+        else:
+            r[i] = -1.0
+    return r
+
+
+@numba.njit(cache=True, inline="always")
+def _may_overlap(a, i, ra, b, j, rb):
+    if ra < 0.0 or rb < 0.0:
+        return False
+    dx, dy = b[j, 0] - a[i, 0], b[j, 1] - a[i, 1]
+    return dx * dx + dy * dy <= (ra + rb) * (ra + rb)
 
 
 @numba.njit(cache=True)
 def inter_area_matrix(a, b):
     """(M, K) intersection areas of every box of a (M, 5) with every box of b (K, 5)."""
     out = np.zeros((a.shape[0], b.shape[0]), dtype=np.float64)
+    ra, rb = _radii(a), _radii(b)
     pa, pb = np.empty((4, 2)), np.empty((4, 2))
-    buf0, buf1 = np.empty((_CAP, 2)), np.empty((_CAP, 2))
+    buf = np.empty((2, _CAP, 2))
     for i in range(a.shape[0]):
         for j in range(b.shape[0]):
-            out[i, j] = _pair_area(a[i], b[j], pa, pb, buf0, buf1)
+            if _may_overlap(a, i, ra[i], b, j, rb[j]):
+                out[i, j] = _clip_area(a, i, b, j, pa, pb, buf)
     return out
 
 
@@ -88,10 +109,12 @@ def inter_area_matrix(a, b):
 def inter_area_aligned(a, b):
     """(M,) intersection areas of a[i] with b[i]."""
     out = np.zeros(a.shape[0], dtype=np.float64)
+    ra, rb = _radii(a), _radii(b)
     pa, pb = np.empty((4, 2)), np.empty((4, 2))
-    buf0, buf1 = np.empty((_CAP, 2)), np.empty((_CAP, 2))
+    buf = np.empty((2, _CAP, 2))
     for i in range(a.shape[0]):
-        out[i] = _pair_area(a[i], b[i], pa, pb, buf0, buf1)
+        if _may_overlap(a, i, ra[i], b, i, rb[i]):
+            out[i] = _clip_area(a, i, b, i, pa, pb, buf)
     return out
 
 
@@ -100,14 +123,15 @@ def nms_sorted(boxes, iou_threshold, post_max):
     """Greedy rotated NMS over boxes (N, 5) already sorted by descending score.
 
     Box j is suppressed by an earlier kept box i when IoU(i, j) > iou_threshold. Returns the kept
-    positions (at most ``post_max`` when post_max > 0), IoUs are computed lazily.
+    positions (at most ``post_max`` when post_max > 0); IoUs are computed lazily.
     """
     n = boxes.shape[0]
+    r = _radii(boxes)
     suppressed = np.zeros(n, dtype=np.bool_)
     keep = np.empty(n, dtype=np.int64)
     nk = 0
     pa, pb = np.empty((4, 2)), np.empty((4, 2))
-    buf0, buf1 = np.empty((_CAP, 2)), np.empty((_CAP, 2))
+    buf = np.empty((2, _CAP, 2))
     for i in range(n):
         if suppressed[i]:
             continue
@@ -117,9 +141,9 @@ def nms_sorted(boxes, iou_threshold, post_max):
             break
         area_i = boxes[i, 2] * boxes[i, 3]
         for j in range(i + 1, n):
-            if suppressed[j]:
+            if suppressed[j] or not _may_overlap(boxes, i, r[i], boxes, j, r[j]):
                 continue
-            inter = _pair_area(boxes[i], boxes[j], pa, pb, buf0, buf1)
+            inter = _clip_area(boxes, i, boxes, j, pa, pb, buf)
             if inter <= 0.0:
                 continue
             union = area_i + boxes[j, 2] * boxes[j, 3] - inter
