@@ -172,3 +172,23 @@ def test_bad_inputs_raise_clear_errors():
         group_attention(q[:, 0], k, v, p)
     with pytest.raises(ValueError, match="backend"):
         group_attention(q, k, v, p, backend="cuda")
+
+
+def _scheme_partitions():
+    from tests.partition_cases import random_partitions
+
+    return list(random_partitions(0))
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_real_schemes_forward_and_gradcheck(case):
+    name, coords, _, p = _scheme_partitions()[case]
+    n = coords.shape[0]
+    q, k, v = _qkv(n, 2, 3, dtype=torch.float64, seed=case)
+    out = group_attention(q, k, v, p)
+    torch.testing.assert_close(out, naive_group_attention(q, k, v, p, 1 / math.sqrt(3)), msg=name)
+    if p.size is not None:  # the bucketed path must agree on equal-size partitions too
+        p_var = Partition(p.index, p.offsets, p.owner, None, p.key_pad)
+        torch.testing.assert_close(group_attention(q, k, v, p_var), out, msg=name)
+    leaves = tuple(t.requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: group_attention(a, b, c, p), leaves, fast_mode=True)

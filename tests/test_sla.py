@@ -104,3 +104,16 @@ def test_sla_gradcheck():
     q, k, v = (t.requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: scattered_linear_attention(a, b, c, p), (q, k, v),
                                     eps=1e-7, fast_mode=True)
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_sla_real_schemes_forward_and_gradcheck(case):
+    from tests.partition_cases import random_partitions
+
+    name, coords, _, p = list(random_partitions(0))[case]
+    q, k, v = _qkv(coords.shape[0], 2, 3, dtype=torch.float64, seed=case)
+    torch.testing.assert_close(scattered_linear_attention(q, k, v, p), naive_sla(q, k, v, p), msg=name)
+    q, k = (t + 0.05 * torch.sign(t) for t in (q, k))
+    leaves = tuple(t.requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: scattered_linear_attention(a, b, c, p), leaves, eps=1e-7,
+                                    fast_mode=True)

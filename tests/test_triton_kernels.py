@@ -109,3 +109,28 @@ def test_dispatch_backend_triton_and_bf16_inputs():
                                atol=2e-2, rtol=2e-2)
     with pytest.raises(ValueError, match="dropout"):
         group_attention(*leaves, p, dropout_p=0.1, backend="triton")
+
+
+
+def _real_scheme(name: str) -> Partition:
+    from tests.partition_cases import random_partitions
+
+    return next(part for n, _, _, part in random_partitions(1) if n == name)
+
+
+# One partition of each of the five schemes (all eight variants would only add interpreter time).
+@pytest.mark.parametrize("name", ["flattened_y_shift", "rotated_x", "bev", "radial", "curve_z"])
+@pytest.mark.parametrize("op", ["group_attention", "sla"])
+def test_kernels_on_real_schemes(name, op):
+    p = _real_scheme(name).to(DEVICE)
+    leaves, dout = _inputs(p, 2, 4, 4, seed=4)
+    if op == "group_attention":
+        out, grads = _fwd_bwd(lambda a, b, c: group_attention_triton(a, b, c, p, None, BLOCK, BLOCK), leaves, dout)
+        ref, ref_grads = _fwd_bwd(lambda a, b, c: group_attention_reference(a, b, c, p), leaves, dout)
+    else:
+        out, grads = _fwd_bwd(lambda a, b, c: scattered_linear_attention_triton(a, b, c, p, chunk=BLOCK,
+                                                                                block_s=BLOCK), leaves, dout)
+        ref, ref_grads = _fwd_bwd(lambda a, b, c: scattered_linear_attention_reference(a, b, c, p), leaves, dout)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-4, rtol=2e-4)
