@@ -1,0 +1,167 @@
+"""Backbones: forward/backward, voxel-order permutation equivariance, batch independence; VFE and BEV scatter."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pointwin.models.backbones3d import DSVT, FlatFormer, ScatterFormer, SphereSeg
+from pointwin.models.bev import scatter_to_bev
+from pointwin.models.vfe import DynamicPillarVFE, DynamicVFE
+from pointwin.structures import Points, SparseVoxels
+
+
+def random_voxels(shape, counts, channels, seed=0) -> SparseVoxels:
+    """Unique random voxels, ``counts[b]`` in sample b, grid ``shape`` (Z, Y, X), 0.2 m voxels."""
+    g = torch.Generator().manual_seed(seed)
+    Z, Y, X = shape
+    rows = []
+    for b, n in enumerate(counts):
+        lin = torch.randperm(Z * Y * X, generator=g)[:n]
+        rows.append(torch.stack([torch.full_like(lin, b), lin // (Y * X), (lin // X) % Y, lin % X], 1))
+    coords = torch.cat(rows).int()
+    feats = torch.randn(len(coords), channels, generator=g)
+    # origin puts the grid in front of the sensor, like a real scan (radial windows need it)
+    return SparseVoxels(feats, coords, shape, len(counts), (0.2, 0.2, 0.2), (2.0, -0.2 * Y / 2, -1.0))
+
+
+def sorted_by_coords(v: SparseVoxels) -> tuple[torch.Tensor, torch.Tensor]:
+    order = SparseVoxels.linear_index(v.coords, v.spatial_shape).argsort()
+    return v.coords[order], v.feats[order]
+
+
+# (name, builder, input grid, voxels per sample)
+CASES = {
+    "flatformer": (lambda: FlatFormer(8, 16, 2, 1, (4, 4), 16), (1, 24, 24), (70, 13)),
+    "dsvt_pillar": (lambda: DSVT(8, 16, 2, 32, 8, 2, (4, 4, 1)), (1, 24, 24), (70, 13)),
+    "dsvt_voxel": (lambda: DSVT(8, 16, 2, 32, 8, 2, [(4, 4, 8), (4, 4, 2)], downsample_stride=[(1, 1, 4)]),
+                   (8, 16, 16), (90, 20)),
+    "scatterformer": (lambda: ScatterFormer(8, 16, 2, [2, 1], [2], window=4, cwi_kernel=5), (4, 16, 16), (80, 15)),
+    "sphereseg": (lambda: SphereSeg(8, (16, 16), (2, 2), (0, 1), (4, 4, 4), (15.0, 15.0, 3.0)), (6, 12, 12),
+                  (90, 20)),
+}
+
+
+def build(name):
+    make, shape, counts = CASES[name]
+    torch.manual_seed(0)
+    model = make()
+    if hasattr(model, "output_grid"):
+        model.output_grid(shape)
+    return model, shape, counts
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_forward_backward_finite(name):
+    model, shape, counts = build(name)
+    voxels = random_voxels(shape, counts, 8)
+    feats = voxels.feats.clone().requires_grad_(True)
+    out = model(voxels.replace(feats))
+    assert out.feats.shape[1] == model.out_channels and torch.isfinite(out.feats).all()
+    (out.feats * torch.randn_like(out.feats)).sum().backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: parameter {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}: parameter {pname} has a non-finite gradient"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_voxel_order_permutation(name):
+    model, shape, counts = build(name)
+    model.eval()
+    voxels = random_voxels(shape, counts, 8, seed=1)
+    perm = torch.randperm(voxels.num_voxels, generator=torch.Generator().manual_seed(3))
+    permuted = SparseVoxels(voxels.feats[perm], voxels.coords[perm], shape, voxels.batch_size, voxels.voxel_size,
+                            voxels.origin)
+    with torch.no_grad():
+        a, b = model(voxels), model(permuted)
+    if a.num_voxels == voxels.num_voxels and torch.equal(a.coords, voxels.coords):
+        # same sites: output follows the input permutation
+        torch.testing.assert_close(b.feats, a.feats[perm], atol=2e-5, rtol=1e-4)
+    ca, fa = sorted_by_coords(a)
+    cb, fb = sorted_by_coords(b)
+    assert torch.equal(ca, cb)
+    torch.testing.assert_close(fb, fa, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_batch_of_two_equals_separate_samples(name):
+    model, shape, counts = build(name)
+    model.eval()
+    voxels = random_voxels(shape, counts, 8, seed=2)
+    with torch.no_grad():
+        joint = model(voxels)
+        for b in range(2):
+            m = voxels.coords[:, 0] == b
+            coords = voxels.coords[m].clone()
+            coords[:, 0] = 0
+            alone = model(SparseVoxels(voxels.feats[m], coords, shape, 1, voxels.voxel_size, voxels.origin))
+            jm = joint.coords[:, 0] == b
+            jc = joint.coords[jm].clone()
+            jc[:, 0] = 0
+            ca, fa = sorted_by_coords(alone)
+            cj, fj = sorted_by_coords(SparseVoxels(joint.feats[jm], jc, joint.spatial_shape, 1))
+            assert torch.equal(ca, cj)
+            torch.testing.assert_close(fa, fj, atol=2e-5, rtol=1e-4)
+
+
+def test_dsvt_position_embedding_uses_the_layers_shift():
+    torch.manual_seed(0)
+    voxels = random_voxels((1, 24, 24), (60,), 8)
+    calls = {}
+    for mix in (False, True):
+        model = DSVT(8, 16, 2, 32, 8, 4, (4, 4, 1), mix_shift_pos_embed=mix).eval()
+        seen = []
+        orig = model.window_position
+
+        def record(v, stage, shift_id, orig=orig, seen=seen):
+            seen.append(shift_id)
+            return orig(v, stage, shift_id)
+
+        model.window_position = record
+        with torch.no_grad():
+            model(voxels.replace(voxels.feats))
+        calls[mix] = seen
+    # 4 blocks x 2 layers; block b uses the sets of shift b % 2 in both layers
+    assert calls[False] == [0, 0, 1, 1, 0, 0, 1, 1]
+    # the original code's mix-up: layer i always gets the embedding of shift i
+    assert calls[True] == [0, 1, 0, 1, 0, 1, 0, 1]
+
+
+def test_dsvt_window_position_is_window_relative():
+    model = DSVT(8, 16, 2, 32, 8, 2, (4, 4, 1), hybrid_factor=(2, 2, 1), shift=(2, 2, 0))
+    coords = torch.tensor([[0, 0, 5, 7], [0, 0, 0, 0]], dtype=torch.int32)
+    v = SparseVoxels(torch.zeros(2, 8), coords, (1, 16, 16), 1)
+    # plain window 4: local (7 % 4, 5 % 4) = (3, 1) -> minus 2
+    assert model.window_position(v, 0, 0).tolist() == [[1.0, -1.0], [-2.0, -2.0]]
+    # hybrid window 8 shifted by 2: ((7 + 2) % 8, (5 + 2) % 8) = (1, 7) -> minus 4
+    assert model.window_position(v, 0, 1).tolist() == [[-3.0, 3.0], [-2.0, -2.0]]
+
+
+def test_pillar_vfe_matches_hand_computed_features():
+    pts = torch.tensor([[0.1, 0.2, 0.5, 1.0], [0.3, 0.4, -0.5, 3.0], [1.9, 1.9, 0.0, 2.0], [5.0, 0.0, 0.0, 1.0]])
+    points = Points(pts, torch.zeros(4, dtype=torch.long), 1)
+    vfe = DynamicPillarVFE([1.0, 1.0], [0, 0, -1, 2, 2, 1], num_point_features=4, feat_channels=[6]).eval()
+    with torch.no_grad():
+        vfe.layers[0].linear.weight.copy_(torch.eye(6, 10))  # pass x, y, z, i, cluster dx, dy through
+    out = vfe(points)
+    assert out.coords.tolist() == [[0, 0, 0, 0], [0, 0, 1, 1]]  # the point at x = 5 is outside
+    bn = vfe.layers[0].norm
+    scale = 1 / torch.sqrt(bn.running_var + bn.eps)
+    # voxel 0: points 0 and 1; cluster mean (0.2, 0.3); per-point features after ReLU, then max
+    f0 = torch.tensor([[0.1, 0.2, 0.5, 1.0, -0.1, -0.1], [0.3, 0.4, -0.5, 3.0, 0.1, 0.1]]) * scale
+    f1 = torch.tensor([[1.9, 1.9, 0.0, 2.0, 0.0, 0.0]]) * scale
+    torch.testing.assert_close(out.feats, torch.stack([f0.relu().amax(0), f1.relu().amax(0)]))
+
+
+def test_voxel_vfe_grid_and_scatter():
+    points = Points.from_list([torch.tensor([[0.5, 0.5, 0.5, 0.0]]), torch.tensor([[1.5, 0.5, 1.5, 0.0]])])
+    vfe = DynamicVFE([1.0, 1.0, 1.0], [0, 0, 0, 2, 2, 2], feat_channels=[4])
+    out = vfe(points)
+    assert out.spatial_shape == (2, 2, 2)
+    assert out.coords.tolist() == [[0, 0, 0, 0], [1, 1, 0, 1]]
+    bev = scatter_to_bev(out)
+    assert bev.shape == (2, 8, 2, 2)
+    torch.testing.assert_close(bev[0, :4, 0, 0], out.feats[0])
+    torch.testing.assert_close(bev[1, 4:, 0, 1], out.feats[1])  # z slice 1 -> channels 4..7
+    assert bev.abs().sum().item() == pytest.approx(out.feats.abs().sum().item(), rel=1e-6)
