@@ -54,15 +54,20 @@ OFFICIAL_RANGE = {
     "SIGN_[50, +inf)": {"L1": (0.075276, 0.0507518), "L2": (0.0596342, 0.040206)},
     **{f"CYCLIST_{r}": {"L1": (0.0, 0.0), "L2": (0.0, 0.0)} for r in ("[0, 30)", "[30, 50)", "[50, +inf)")},
 }
-# Two shards (and their parent VEHICLE totals) where pointwin gives a slightly higher value than the
-# header comment; the naive shapely reference below reproduces pointwin's numbers exactly, see
-# test_fake_vehicle_counts_match_naive_reference. Documented in pointwin/evaluation/waymo.py.
+# Two shards differ slightly on the unmodified fixture; see the next test and pointwin/evaluation/waymo.py.
 KNOWN_DIFFERENCE = {("VEHICLE",), ("RANGE", "VEHICLE_[30, 50)")}
 
 
 def _close(ours: float, printed: float) -> bool:
     # printed with 6 significant digits (std::cout default)
     return abs(ours - printed) <= 5e-6 * max(abs(printed), 1e-3) + 1e-7
+
+
+def _fixture_objects():
+    index: dict = {}
+    gt = read_objects(shared_file("waymo/metrics/fake_ground_truths.bin"), index)
+    pred = read_objects(shared_file("waymo/metrics/fake_predictions.bin"), index)
+    return pred, gt
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +99,29 @@ def test_official_fixture_matches_documented_output(fake_result):
     table = format_table(fake_result)
     assert "OBJECT_TYPE_TYPE_PEDESTRIAN_LEVEL_1: [mAP 0.129258] [mAPH 0.0984962]" in table
     assert "RANGE_TYPE_SIGN_[30, 50)_LEVEL_2: [mAP 0.13587] [mAPH 0.103042]" in table
+
+
+def test_official_fixture_vehicle_difference_is_one_coincident_box():
+    """The VEHICLE gap comes from one prediction that coincides with its ground truth (heading + pi).
+
+    Exact clipping gives IoU 1; the official numbers are reproduced to all printed digits when that
+    prediction is unmatched (moved by a 90 degree turn about the origin, which keeps its range bin).
+    """
+    pred, gt = _fixture_objects()
+    gt_box = gt.boxes[(gt.types == 1) & (np.abs(gt.boxes[:, 0] - 43.6829136) < 1e-6)]
+    hit = np.flatnonzero((pred.types == 1) & (np.abs(pred.boxes[:, :6] - gt_box[:, :6]).max(1) < 1e-9))
+    assert len(hit) == 1
+    assert abs(pred.boxes[hit[0], 6] - gt_box[0, 6] - math.pi) < 1e-12
+    assert upright_iou3d_pairs(pred.boxes[hit], gt_box)[0] == pytest.approx(1.0)
+    x, y = pred.boxes[hit[0], :2].copy()
+    pred.boxes[hit[0], :2] = (-y, x)
+    r = evaluate(pred, gt)
+    for lv, (ap, aph) in OFFICIAL["VEHICLE"].items():
+        assert _close(r["VEHICLE"][lv]["mAP"], ap) and _close(r["VEHICLE"][lv]["mAPH"], aph), r["VEHICLE"]
+    for lv, (ap, aph) in OFFICIAL_RANGE["VEHICLE_[30, 50)"].items():
+        got = r["RANGE"]["VEHICLE_[30, 50)"][lv]
+        assert _close(got["mAPH"], aph)
+        assert abs(got["mAP"] - ap) < 1.1e-3  # the one remaining, unexplained gap (see waymo.py)
 
 
 # ---- naive reference ------------------------------------------------------------------------------------------
@@ -308,7 +336,7 @@ def test_heading_weight(dyaw, expected):
     pred = _objects([[10, 0, 0, 4, 4, 1.5, 0.3 + dyaw]], scores=np.array([0.8]))
     r = evaluate(pred, gt)["VEHICLE"]["L2"]
     assert r["mAP"] == pytest.approx(1.0)
-    assert r["mAPH"] == pytest.approx(expected, abs=1e-9)
+    assert r["mAPH"] == pytest.approx(expected, abs=1e-6)  # AP sums are float32 like the library
 
 
 def test_empty_predictions_and_empty_ground_truth():

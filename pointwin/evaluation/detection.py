@@ -225,8 +225,10 @@ def waymo_average_precision(precisions, recalls, max_recall_delta: float = 0.05)
         precisions, recalls: (K,) one PR point per score cut-off.
         max_recall_delta: largest recall step between two integration points.
     """
-    p = np.asarray(precisions, np.float64).reshape(-1)
-    r = np.asarray(recalls, np.float64).reshape(-1)
+    # float32 like the library (whether a gap of exactly k * delta gets a filler point depends on it).
+    f32 = np.float32
+    p = np.asarray(precisions, np.float64).astype(f32).reshape(-1)
+    r = np.asarray(recalls, np.float64).astype(f32).reshape(-1)
     if p.shape != r.shape:
         raise ValueError(f"precisions {p.shape} and recalls {r.shape} must have the same shape")
     if not 0 < max_recall_delta <= 1:
@@ -234,15 +236,16 @@ def waymo_average_precision(precisions, recalls, max_recall_delta: float = 0.05)
     if p.size == 0:
         return 0.0
     # recall -> best precision at that recall, with the fake (0, 1) point.
-    keys, inv = np.unique(np.concatenate([[0.0], r]), return_inverse=True)
-    best = np.zeros(len(keys))
-    np.maximum.at(best, inv, np.concatenate([[1.0], p]))
+    keys, inv = np.unique(np.concatenate([np.zeros(1, f32), r]), return_inverse=True)
+    best = np.zeros(len(keys), f32)
+    np.maximum.at(best, inv, np.concatenate([np.ones(1, f32), p]))
     # Walk from high to low recall: running max precision, filler points in gaps wider than the delta.
+    delta, gap = f32(max_recall_delta), f32(max_recall_delta) + f32(1e-6)
     pts_p, pts_r = [], []
-    last_r, max_p = keys[0], 0.0
-    for rk, pk in zip(keys[::-1].tolist(), best[::-1].tolist()):
-        while last_r - rk > max_recall_delta + 1e-6:
-            last_r -= max_recall_delta
+    last_r, max_p = keys[0], f32(0.0)
+    for rk, pk in zip(keys[::-1], best[::-1]):
+        while last_r - rk > gap:
+            last_r = last_r - delta
             pts_p.append(max_p)
             pts_r.append(last_r)
         max_p = max(max_p, pk)
@@ -251,8 +254,10 @@ def waymo_average_precision(precisions, recalls, max_recall_delta: float = 0.05)
         last_r = rk
     if len(pts_p) >= 2:
         pts_p[-1] = pts_p[-2]  # the (0, 1) point is fake: use the best real precision
-    pp, pr = np.asarray(pts_p), np.asarray(pts_r)
-    return float(np.sum(0.5 * (pr[:-1] - pr[1:]) * (pp[:-1] + pp[1:])))
+    area = f32(0.0)
+    for i in range(1, len(pts_p)):  # float32 running sum of double-precision trapezoids, as the library does
+        area = f32(float(area) + 0.5 * float(pts_r[i - 1] - pts_r[i]) * float(pts_p[i - 1] + pts_p[i]))
+    return min(float(area), 1.0)  # float32 rounding can overshoot a perfect 1 by one ulp
 
 
 def candidate_pairs(pred_group: np.ndarray, gt_group: np.ndarray, pred_boxes: np.ndarray, gt_boxes: np.ndarray,

@@ -17,12 +17,14 @@ Predictions flagged ``overlap_with_nlz`` are never false positives (the tool can
 zone polygons itself, neither does this module).
 
 Checked against the official tool's documented output on its own fixtures (``fake_predictions.bin``,
-``fake_ground_truths.bin``, see tests/test_eval_waymo.py): 28 of the 32 OBJECT_TYPE / RANGE numbers
-agree to the printed 6 digits. VEHICLE L1/L2 (0.20968 vs 0.20828 AP) and RANGE VEHICLE [30, 50)
-(0.27664 vs 0.27302) come out slightly higher here; an independent reference (shapely polygons, a
-full assignment per frame and cut-off) gives exactly pointwin's counts, so the gap is in the IoU of
-a few near-threshold vehicle pairs of that fixture (many are exact copies or pi-flips of the ground
-truth, degenerate inputs for polygon clipping), not in the matching or AP rules.
+``fake_ground_truths.bin``, see tests/test_eval_waymo.py): 28 of the 32 OBJECT_TYPE / RANGE values
+agree to the printed 6 digits. VEHICLE (0.20968 vs 0.20828 L1 AP) and RANGE VEHICLE [30, 50) come out
+higher here because of one prediction that is an exact copy of its ground truth with the heading
+turned by pi: exact clipping gives IoU 1 (a TP), the official tool evidently does not match it (its
+polygon clipping of two coincident rectangles); with that one prediction unmatched, all VEHICLE
+values and the [30, 50) APH agree to every printed digit, and the [30, 50) AP is 0.27200 vs 0.27302
+(L1), a remaining 1e-3 gap that is not explained. An independent reference (shapely polygons, a full
+assignment per frame and cut-off) reproduces pointwin's counts exactly.
 """
 
 from __future__ import annotations
