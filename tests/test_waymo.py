@@ -542,3 +542,30 @@ def test_convert_rejects_bad_input(tmp_path):
         create_waymo_infos(tmp_path, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="shard"):
         create_waymo_infos(tmp_path, tmp_path / "out", shard=(2, 2), progress=False)
+
+
+def test_parse_shard_and_cli(tmp_path, capsys):
+    from pointwin.datasets.waymo.convert import main, parse_shard
+
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "a/b", "3"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+    src = _v1_segments(tmp_path, 2)
+    main([str(src), str(tmp_path / "out"), "--shard", "1/2", "--workers", "1", "--merge"])
+    out = capsys.readouterr().out
+    assert "2 frames in shard 1/2" in out and "2 frames in" in out
+    assert (tmp_path / "out" / "segment-1").is_dir() and not (tmp_path / "out" / "segment-0").exists()
+
+
+def test_import_without_optional_dependencies():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['google.protobuf'] = None; sys.modules['pyarrow'] = None\n"
+            "import pointwin, pointwin.datasets.waymo as w, pointwin.datasets.waymo.convert, "
+            "pointwin.datasets.waymo.v2, pointwin.datasets.waymo.tfrecord, pointwin.datasets.nuscenes\n"
+            "try:\n    import pointwin.datasets.waymo.proto\nexcept ImportError as e:\n    print('OK', e)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "OK" in res.stdout and "pointwin[waymo]" in res.stdout

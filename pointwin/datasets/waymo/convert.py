@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["WAYMO_TYPE_NAMES", "convert_segment", "create_waymo_infos", "discover_segments", "merge_waymo_infos"]
+__all__ = ["WAYMO_TYPE_NAMES", "convert_segment", "create_waymo_infos", "discover_segments", "main",
+           "merge_waymo_infos", "parse_shard"]
 
 WAYMO_TYPE_NAMES = {0: "Unknown", 1: "Vehicle", 2: "Pedestrian", 3: "Sign", 4: "Cyclist"}
 
@@ -210,3 +211,35 @@ def merge_waymo_infos(out: str | os.PathLike, name: str = "waymo_infos.json") ->
         infos.extend(json.loads(seg_infos.read_text()))
     _write_json(out / name, infos)
     return infos
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n`` (the ``--shard`` option)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pointwin.datasets.waymo.convert SRC OUT [--shard i/n] [--workers W] [--merge]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Convert Waymo v1 TFRecords or v2 Parquet to pointwin's format")
+    ap.add_argument("src", help="folder of *.tfrecord files (v1) or a v2 root holding lidar/, lidar_box/, ...")
+    ap.add_argument("out", help="output folder")
+    ap.add_argument("--shard", default="0/1", help="i/n: convert every n-th segment starting at i")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--merge", action="store_true", help="also write waymo_infos.json over all finished segments")
+    args = ap.parse_args(argv)
+    infos = create_waymo_infos(args.src, args.out, shard=parse_shard(args.shard), workers=args.workers)
+    print(f"{len(infos)} frames in shard {args.shard} under {args.out}")
+    if args.merge:
+        print(f"{len(merge_waymo_infos(args.out))} frames in {Path(args.out) / 'waymo_infos.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -189,15 +189,31 @@ def read_lidar_boxes(root: str | os.PathLike, segment: str) -> dict[int, LidarBo
     return out
 
 
-def _range_image(row: dict, values: str, shape: str, dtype) -> np.ndarray | None:
-    v, s = row.get(values), row.get(shape)
-    if v is None or s is None:
+def _list_value(column, i: int, dtype) -> np.ndarray | None:
+    """Row ``i`` of a list-valued arrow column as a numpy array (no Python floats), or None if null."""
+    scalar = column[i]
+    if not scalar.is_valid:
         return None
-    arr = np.asarray(v, dtype=dtype)
-    shape_t = tuple(int(x) for x in s)
-    if arr.size != int(np.prod(shape_t)):
-        raise ValueError(f"{values}: {arr.size} values do not fill shape {shape_t}")
-    return arr.reshape(shape_t)
+    return np.asarray(scalar.values.to_numpy(zero_copy_only=False), dtype=dtype)
+
+
+def _range_images(table_or_batch, values: str, shape: str, dtype) -> list[np.ndarray | None]:
+    """Every row's range image of a ``values``/``shape`` column pair (None where absent)."""
+    names = table_or_batch.schema.names
+    n = table_or_batch.num_rows
+    if values not in names or shape not in names:
+        return [None] * n
+    vcol, scol = table_or_batch.column(values), table_or_batch.column(shape)
+    out: list[np.ndarray | None] = []
+    for i in range(n):
+        v, s = _list_value(vcol, i, dtype), _list_value(scol, i, np.int64)
+        if v is None or s is None:
+            out.append(None)
+            continue
+        if v.size != int(np.prod(s)):
+            raise ValueError(f"{values}: {v.size} values do not fill shape {tuple(s.tolist())}")
+        out.append(v.reshape(tuple(int(x) for x in s)))
+    return out
 
 
 @dataclass
@@ -224,19 +240,19 @@ def iter_lidar_frames(root: str | os.PathLike, segment: str, batch_size: int = 1
     pose_path = component_path(root, "lidar_pose", segment)
     if pose_path.exists():
         pp = f"[{COMPONENTS['lidar_pose']}]"
-        for row in pq.read_table(pose_path).to_pylist():
-            img = _range_image(row, f"{pp}.range_image_return1.values", f"{pp}.range_image_return1.shape", np.float64)
-            if img is not None and int(row[_LASER]) == 1:
-                pixel_poses[int(row[_TS])] = img
+        table = pq.read_table(pose_path)
+        imgs = _range_images(table, f"{pp}.range_image_return1.values", f"{pp}.range_image_return1.shape", np.float64)
+        for ts, laser, img in zip(_column(table, _TS, str(pose_path)).to_pylist(),
+                                  _column(table, _LASER, str(pose_path)).to_pylist(), imgs):
+            if img is not None and int(laser) == 1:
+                pixel_poses[int(ts)] = img
     frames: dict[int, dict[int, list]] = {}
     for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size):
-        for row in batch.to_pylist():
-            for key in (_TS, _LASER):
-                if key not in row:
-                    raise KeyError(f"{path}: missing column {key!r}")
-            returns = [_range_image(row, f"{p}.range_image_return{r}.values", f"{p}.range_image_return{r}.shape",
-                                    np.float32) for r in (1, 2)]
-            frames.setdefault(int(row[_TS]), {})[int(row[_LASER])] = returns
+        ts_col, laser_col = _column(batch, _TS, str(path)).to_pylist(), _column(batch, _LASER, str(path)).to_pylist()
+        r1, r2 = (_range_images(batch, f"{p}.range_image_return{r}.values", f"{p}.range_image_return{r}.shape",
+                                np.float32) for r in (1, 2))
+        for ts, laser, a, b in zip(ts_col, laser_col, r1, r2):
+            frames.setdefault(int(ts), {})[int(laser)] = [a, b]
     for ts in sorted(frames):
         yield V2Frame(segment, ts, frames[ts], pixel_poses.get(ts), poses.get(ts))
 
@@ -269,9 +285,8 @@ def read_lidar_segmentation(root: str | os.PathLike, segment: str) -> dict[tuple
     """``{(frame_timestamp_micros, laser): [return1, return2]}`` int32 (H, W, 2) (instance id, semantic class)."""
     p = f"[{COMPONENTS['lidar_segmentation']}]"
     table = read_component(root, "lidar_segmentation", segment)
-    out = {}
-    for row in table.to_pylist():
-        out[(int(row[_TS]), int(row[_LASER]))] = [
-            _range_image(row, f"{p}.range_image_return{r}.values", f"{p}.range_image_return{r}.shape", np.int32)
-            for r in (1, 2)]
-    return out
+    path = str(component_path(root, "lidar_segmentation", segment))
+    r1, r2 = (_range_images(table, f"{p}.range_image_return{r}.values", f"{p}.range_image_return{r}.shape", np.int32)
+              for r in (1, 2))
+    keys = zip(_column(table, _TS, path).to_pylist(), _column(table, _LASER, path).to_pylist())
+    return {(int(t), int(la)): [a, b] for (t, la), a, b in zip(keys, r1, r2)}
