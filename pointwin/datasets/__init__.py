@@ -1,6 +1,7 @@
 """Datasets: synthetic LiDAR scenes (the embedded default), KITTI, nuScenes, Waymo; transforms; on-disk infos."""
 
 from .base import DATASETS, InfoDataset, PointDataset, load_points, read_infos, save_points
+from .gt_sampling import GTSampling, build_gt_database
 from .kitti import KittiDataset
 from .synthetic import (
     CLASS_NAMES,
@@ -13,10 +14,32 @@ from .synthetic import (
     create_synthetic,
     generate_scene,
 )
+from .transforms import (
+    TRANSFORMS,
+    Compose,
+    GlobalRotation,
+    GlobalScaling,
+    GlobalTranslation,
+    PointRangeFilter,
+    RandomFlip,
+    ShufflePoints,
+    build_transforms,
+)
 
 __all__ = [
     "CLASS_NAMES",
     "DATASETS",
+    "TRANSFORMS",
+    "Compose",
+    "GTSampling",
+    "GlobalRotation",
+    "GlobalScaling",
+    "GlobalTranslation",
+    "PointRangeFilter",
+    "RandomFlip",
+    "ShufflePoints",
+    "build_gt_database",
+    "build_transforms",
     "HDL32",
     "HDL64",
     "InfoDataset",

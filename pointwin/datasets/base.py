@@ -33,6 +33,10 @@ from ..structures import Boxes3D, Sample
 
 DATASETS = Registry("dataset")
 
+# meta keys holding one entry per box: transforms that drop, add or reorder boxes keep them aligned
+PER_BOX_META_KEYS = ("num_lidar_pts", "num_radar_pts", "difficulty", "truncated", "occluded", "alpha", "bbox",
+                     "tokens", "instance_tokens", "attributes", "names", "gt_names")
+
 INFO_FORMAT = "pointwin.infos"
 INFO_VERSION = 1
 
@@ -197,9 +201,9 @@ class InfoDataset(PointDataset):
             arr = arr.reshape(-1, arr.shape[1] if arr.ndim == 2 else 7)[keep]
             boxes = Boxes3D(torch.from_numpy(arr))
             labels = torch.tensor([self._class_index[names[i]] for i in keep], dtype=torch.long)
-            for key, value in list(meta.items()):  # per-box meta lists follow the box selection
-                if isinstance(value, list) and len(value) == len(names) and len(keep) != len(names):
-                    meta[key] = [value[i] for i in keep]
+            for key in PER_BOX_META_KEYS:  # per-box meta lists follow the box selection
+                if isinstance(meta.get(key), list) and len(meta[key]) == len(names):
+                    meta[key] = [meta[key][i] for i in keep]
         point_labels = None
         if "point_labels_path" in fr:
             lab_path = self.root / fr["point_labels_path"]
