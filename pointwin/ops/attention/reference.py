@@ -63,36 +63,54 @@ def group_attention_equal(q, k, v, partition: Partition, scale=None, dropout_p=0
     return out.reshape(G * S, *out.shape[2:])[partition.owner]
 
 
+def iter_buckets(partition: Partition, heads: int, max_elems: int | None = None):
+    """Yield ``(pos, valid)`` per bucket chunk: (B, L) slot of each padded place and whether it is real.
+
+    Groups are padded to :func:`bucket_length`; each yielded chunk holds groups of one padded length L,
+    at most ``max_elems // (heads * L * L)`` of them. Padding places repeat the group's first slot.
+    """
+    max_elems = _MAX_BUCKET_ELEMS if max_elems is None else max_elems
+    offsets = partition.offsets
+    sizes = partition.group_sizes()
+    lengths = bucket_length(sizes)
+    device = offsets.device
+    for L in torch.unique(lengths).tolist():
+        groups = (lengths == L).nonzero().squeeze(1)
+        chunk = max(1, max_elems // (heads * L * L))
+        ar = torch.arange(L, device=device)[None, :]
+        for c0 in range(0, groups.numel(), chunk):
+            g = groups[c0:c0 + chunk]
+            valid = ar < sizes[g][:, None]
+            pos = torch.where(valid, offsets[g][:, None] + ar, offsets[g][:, None])
+            yield pos, valid
+
+
+def _owner_mask(partition: Partition) -> torch.Tensor:
+    is_owner = torch.zeros(partition.num_slots, dtype=torch.bool, device=partition.device)
+    is_owner[partition.owner] = True
+    return is_owner
+
+
 def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=0.0) -> torch.Tensor:
     """Variable-length groups: bucket groups by padded length, one masked SDPA call per bucket (and chunk).
 
     The number of SDPA calls is the number of distinct bucket lengths (logarithmic in the longest
     group), not the number of groups. Returns (N, H, Dv).
     """
-    N, H = q.shape[:2]
-    offsets, idx = partition.offsets, partition.index
-    sizes = partition.group_sizes()
-    lengths = bucket_length(sizes)
+    H = q.shape[1]
+    idx = partition.index
     # Only the owner slots' outputs are kept: write them into a per-slot buffer, then read by owner.
     out_slots = q.new_zeros(partition.num_slots, H, v.shape[2])
-    is_owner = torch.zeros(partition.num_slots, dtype=torch.bool, device=q.device)
-    is_owner[partition.owner] = True
+    is_owner = _owner_mask(partition)
     key_ok = None if partition.key_pad is None else ~partition.key_pad
-    for L in torch.unique(lengths).tolist():
-        groups = (lengths == L).nonzero().squeeze(1)
-        chunk = max(1, _MAX_BUCKET_ELEMS // (H * L * L))
-        for c0 in range(0, groups.numel(), chunk):
-            g = groups[c0:c0 + chunk]
-            pos = offsets[g][:, None] + torch.arange(L, device=q.device)[None, :]  # (B, L) slot of each place
-            valid = torch.arange(L, device=q.device)[None, :] < sizes[g][:, None]
-            pos = torch.where(valid, pos, offsets[g][:, None])  # padding reads the group's first slot
-            vox = idx[pos]
-            mask = valid if key_ok is None else valid & key_ok[pos]
-            if bool(mask.all()):
-                mask = None
-            o = _sdpa(q[vox], k[vox], v[vox], mask, scale, dropout_p)
-            keep = valid & is_owner[pos]
-            out_slots = out_slots.index_put((pos[keep],), o[keep])
+    for pos, valid in iter_buckets(partition, H):
+        vox = idx[pos]
+        mask = valid if key_ok is None else valid & key_ok[pos]
+        if bool(mask.all()):
+            mask = None
+        o = _sdpa(q[vox], k[vox], v[vox], mask, scale, dropout_p)
+        keep = valid & is_owner[pos]
+        out_slots = out_slots.index_put((pos[keep],), o[keep])
     return out_slots[partition.owner]
 
 
@@ -103,53 +121,32 @@ def group_attention_reference(q, k, v, partition: Partition, scale=None, dropout
     return group_attention_varlen(q, k, v, partition, scale, dropout_p)
 
 
-def _chunks(n: int, per_row: int) -> tuple[range, int]:
-    step = max(1, _MAX_BUCKET_ELEMS // max(per_row, 1))
-    return range(0, n, step), step
-
-
-def sla_kv_state(k, v, partition: Partition) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-group state of scattered linear attention.
-
-    Returns KV (G, H, D, Dv) = sum_i phi(k_i)^T v_i and s (G, H, D) = sum_i phi(k_i) over the group's
-    slots that are not key_pad, with phi = ReLU.
-    """
-    H, D, Dv = k.shape[1], k.shape[2], v.shape[2]
-    G = partition.num_groups
-    slot_group = partition.slot_group()
-    slots = torch.arange(partition.num_slots, device=k.device)
-    if partition.key_pad is not None:
-        slots = slots[~partition.key_pad]
-    kv = k.new_zeros(G, H, D, Dv)
-    s = k.new_zeros(G, H, D)
-    starts, step = _chunks(slots.numel(), H * D * Dv)
-    for c0 in starts:
-        sl = slots[c0:c0 + step]
-        vox, grp = partition.index[sl], slot_group[sl]
-        pk = F.relu(k[vox])
-        kv = kv.index_add(0, grp, torch.einsum("mhd,mhe->mhde", pk, v[vox]))
-        s = s.index_add(0, grp, pk)
-    return kv, s
-
-
 def scattered_linear_attention_reference(q, k, v, partition: Partition, eps: float = SLA_EPS) -> torch.Tensor:
     """ScatterFormer's scattered linear attention (exact torch path). Returns (N, H, Dv).
 
-    y_n = phi(q_n) KV_g / (phi(q_n) . s_g + eps) with g the group of voxel n's owner slot.
+    Per group g (key_pad slots excluded): KV_g = sum phi(k_i)^T v_i, s_g = sum phi(k_i), phi = ReLU;
+    y_n = phi(q_n) KV_g / (phi(q_n) . s_g + eps) with g the group of voxel n's owner slot. Groups are
+    bucketed by length like :func:`group_attention_varlen`, so every reduction is a batched GEMM (no
+    per-slot D x Dv outer products are materialised).
     """
-    kv, s = sla_kv_state(k, v, partition)
-    group_of_voxel = partition.slot_group()[partition.owner]
-    pq = F.relu(q)
-    N, H, D = q.shape
-    outs = []
-    starts, step = _chunks(N, H * D * v.shape[2])
-    for c0 in starts:
-        g = group_of_voxel[c0:c0 + step]
-        p = pq[c0:c0 + step]
-        num = torch.einsum("nhd,nhde->nhe", p, kv[g])
-        den = (p * s[g]).sum(-1, keepdim=True) + eps
-        outs.append(num / den)
-    return torch.cat(outs) if outs else q.new_zeros(0, H, v.shape[2])
+    H, Dv = q.shape[1], v.shape[2]
+    idx = partition.index
+    out_slots = q.new_zeros(partition.num_slots, H, Dv)
+    is_owner = _owner_mask(partition)
+    key_ok = None if partition.key_pad is None else ~partition.key_pad
+    # Budget per chunk: B * L * H * max(D, Dv) elements, expressed through iter_buckets' H * L * L rule.
+    for pos, valid in iter_buckets(partition, H, _MAX_BUCKET_ELEMS * 4):
+        vox = idx[pos]
+        key_mask = valid if key_ok is None else valid & key_ok[pos]
+        pk = F.relu(k[vox]) * key_mask[:, :, None, None].to(k.dtype)  # (B, L, H, D)
+        kv = torch.einsum("blhd,blhe->bhde", pk, v[vox])
+        s = pk.sum(1)  # (B, H, D)
+        pq = F.relu(q[vox])
+        num = torch.einsum("blhd,bhde->blhe", pq, kv)
+        den = torch.einsum("blhd,bhd->blh", pq, s)[..., None] + eps
+        keep = valid & is_owner[pos]
+        out_slots = out_slots.index_put((pos[keep],), (num / den)[keep])
+    return out_slots[partition.owner]
 
 
 def default_scale(q: torch.Tensor, scale: float | None) -> float:
