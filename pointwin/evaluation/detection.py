@@ -324,3 +324,138 @@ def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
         return np.zeros(0, np.int64)
     offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
     return np.arange(total, dtype=np.int64) - offsets + np.repeat(np.asarray(starts, np.int64), lengths)
+
+
+# ---- generic evaluator (synthetic data, KITTI-like sets) -------------------------------------------------------
+def pair_iou(pred_boxes: np.ndarray, gt_boxes: np.ndarray, kind: str) -> np.ndarray:
+    """(E,) exact rotated IoU of aligned box pairs, ``kind`` "bev" or "3d" (via :mod:`pointwin.ops.boxes`)."""
+    import torch
+
+    from pointwin.ops.boxes import boxes_iou3d, boxes_iou_bev
+
+    if kind not in ("bev", "3d"):
+        raise ValueError(f"IoU kind must be 'bev' or '3d', got {kind!r}")
+    if len(pred_boxes) == 0:
+        return np.zeros(0)
+    fn = boxes_iou_bev if kind == "bev" else boxes_iou3d
+    a = torch.from_numpy(np.ascontiguousarray(pred_boxes[:, :7], np.float64))
+    b = torch.from_numpy(np.ascontiguousarray(gt_boxes[:, :7], np.float64))
+    return fn(a, b, aligned=True).numpy()
+
+
+def _frame_arrays(items, what: str):
+    """Concatenate per-frame (boxes, labels[, scores]) into flat arrays plus a frame index."""
+    boxes, labels, scores, frames = [], [], [], []
+    for i, item in enumerate(items):
+        if hasattr(item, "boxes") and hasattr(item, "scores"):  # Detections
+            b, lab, s = item.boxes, item.labels, item.scores
+        elif hasattr(item, "boxes") and hasattr(item, "labels"):  # Sample
+            b, lab, s = item.boxes, item.labels, None
+        elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+            b, lab, s = item[0], item[1], item[2] if len(item) == 3 else None
+        else:
+            raise TypeError(f"{what}[{i}] must be Detections, a Sample or a (boxes, labels[, scores]) tuple, "
+                            f"got {type(item).__name__}")
+        if b is None:
+            b, lab = np.zeros((0, 7)), np.zeros(0, np.int64)
+        t = getattr(b, "tensor", b)
+        t = t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+        t = np.asarray(t, np.float64).reshape(-1, t.shape[-1] if t.ndim == 2 else 7)
+        lab = np.asarray(lab.detach().cpu().numpy() if hasattr(lab, "detach") else lab, np.int64).reshape(-1)
+        if len(lab) != len(t) or t.shape[1] < 7:
+            raise ValueError(f"{what}[{i}]: {len(t)} boxes of {t.shape[1]} values (need >= 7) and {len(lab)} labels")
+        boxes.append(t[:, :7])
+        labels.append(lab)
+        frames.append(np.full(len(t), i, np.int64))
+        if s is not None:
+            s = np.asarray(s.detach().cpu().numpy() if hasattr(s, "detach") else s, np.float64).reshape(-1)
+            if len(s) != len(t):
+                raise ValueError(f"{what}[{i}]: {len(s)} scores for {len(t)} boxes")
+            scores.append(s)
+
+    def cat(xs, shape):
+        return np.concatenate(xs) if xs else np.zeros(shape)
+
+    return (cat(boxes, (0, 7)), cat(labels, (0,)).astype(np.int64), cat(frames, (0,)).astype(np.int64),
+            cat(scores, (0,)) if scores else None)
+
+
+def evaluate_detections(results, gts, class_names, iou_thresholds: float | dict[str, float] = 0.5,
+                        iou_types: tuple[str, ...] = ("bev", "3d"), max_recall_delta: float = 0.05,
+                        **unused) -> dict[str, float]:
+    """Waymo-style AP / APH per class for detections of any dataset (one difficulty level, no breakdown).
+
+    Args:
+        results: per frame, a :class:`pointwin.structures.Detections` (or ``(boxes, labels, scores)``);
+            scores in [0, 1].
+        gts: per frame, a :class:`pointwin.structures.Sample` with ``boxes``/``labels`` (or ``(boxes, labels)``).
+        class_names: names of the label indices.
+        iou_thresholds: one threshold for all classes or ``{class name: threshold}`` (missing classes: 0.5).
+        iou_types: "bev" (rotated BEV IoU) and/or "3d" (upright 3D IoU).
+
+    Returns:
+        ``{"<Class>/AP_BEV": ap, "<Class>/APH_BEV": aph, ..., "mAP_BEV": mean over classes with ground
+        truth, ...}`` (suffix ``_3D`` for 3D IoU); a class without ground truth reports AP 0 and is left
+        out of the mean.
+    """
+    del unused  # evaluation config sections may carry keys meant for other evaluators
+    if len(results) != len(gts):
+        raise ValueError(f"evaluate_detections: {len(results)} results for {len(gts)} ground-truth frames")
+    names = list(class_names)
+    if isinstance(iou_thresholds, (int, float)):
+        thr = np.full(len(names), float(iou_thresholds))
+    else:
+        unknown = set(iou_thresholds) - set(names)
+        if unknown:
+            raise ValueError(f"iou_thresholds names unknown classes {sorted(unknown)}; classes are {names}")
+        thr = np.array([float(iou_thresholds.get(n, 0.5)) for n in names])
+    pb, pl, pf, ps = _frame_arrays(results, "results")
+    gb, gl, gf, _ = _frame_arrays(gts, "gts")
+    if ps is None:
+        ps = np.zeros(0)
+    if len(ps) and (np.nanmin(ps) < 0 or np.nanmax(ps) > 1):
+        raise ValueError("evaluate_detections: scores must lie in [0, 1] (AP is sampled at cut-offs 0.00 .. 1.00)")
+    c = len(names)
+    p_ok, g_ok = (pl >= 0) & (pl < c), (gl >= 0) & (gl < c)
+    active = cutoff_counts(ps)
+    out: dict[str, float] = {}
+    for kind in iou_types:
+        suffix = "BEV" if kind == "bev" else "3D"
+        ep, eg = candidate_pairs(np.where(p_ok, pf * c + pl, -1), np.where(g_ok, gf * c + gl, -2), pb, gb,
+                                 use_z=kind == "3d")
+        iou = pair_iou(pb[ep], gb[eg], kind)
+        ok = (iou >= thr[pl[ep]]) & (iou > 0)
+        ep, eg, iou = ep[ok], eg[ok], iou[ok]
+        counts = match_counts(c, len(SCORE_CUTOFFS), (1,), np.where(p_ok, pl, -1), active, np.zeros(len(pl), bool),
+                              np.where(g_ok, gl, -1), np.ones(len(gl), np.int64), ep, eg, iou,
+                              heading_accuracy(pb[ep, 6], gb[eg, 6]))
+        p, p_ha, r = precision_recall(counts, 0)
+        aps = []
+        for k, name in enumerate(names):
+            ap = waymo_average_precision(p[k], r[k], max_recall_delta)
+            out[f"{name}/AP_{suffix}"] = ap
+            out[f"{name}/APH_{suffix}"] = waymo_average_precision(p_ha[k], r[k], max_recall_delta)
+            if np.any(gl[g_ok] == k):
+                aps.append(ap)
+        out[f"mAP_{suffix}"] = float(np.mean(aps)) if aps else 0.0
+    return out
+
+
+def format_ap_table(metrics: dict[str, float], iou_thresholds: float | dict[str, float] | None = None) -> str:
+    """A small text table of :func:`evaluate_detections` output, one row per class."""
+    classes = list(dict.fromkeys(k.split("/")[0] for k in metrics if "/" in k))
+    kinds = [s for s in ("BEV", "3D") if any(k.endswith(f"_{s}") for k in metrics)]
+    head = "class".ljust(14) + "".join(f"AP_{s}".rjust(9) + f"APH_{s}".rjust(10) for s in kinds)
+    if iou_thresholds is not None:
+        head += "  IoU thr"
+    lines = [head]
+    for cls in classes:
+        row = cls.ljust(14) + "".join(f"{100 * metrics.get(f'{cls}/AP_{s}', float('nan')):9.2f}"
+                                      f"{100 * metrics.get(f'{cls}/APH_{s}', float('nan')):10.2f}" for s in kinds)
+        if iou_thresholds is not None:
+            t = iou_thresholds if isinstance(iou_thresholds, (int, float)) else iou_thresholds.get(cls, 0.5)
+            row += f"  {t:.2f}"
+        lines.append(row)
+    lines.append("mean".ljust(14) + "".join(f"{100 * metrics.get(f'mAP_{s}', float('nan')):9.2f}".ljust(19)
+                                            for s in kinds).rstrip())
+    return "\n".join(lines)

@@ -42,6 +42,7 @@ from .detection import (
     cutoff_counts,
     heading_accuracy,
     match_counts,
+    pair_iou,
     precision_recall,
     waymo_average_precision,
 )
@@ -129,14 +130,9 @@ def ground_truth_levels(gt: WaymoObjects) -> tuple[np.ndarray, np.ndarray]:
 
 def upright_iou3d_pairs(pred_boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
     """(E,) 7-DOF upright 3D IoU of aligned box pairs, with the Waymo library's size rules."""
-    import torch
-
-    from pointwin.ops.boxes import boxes_iou3d
-
-    if len(pred_boxes) == 0:
-        return np.zeros(0)
-    iou = boxes_iou3d(torch.from_numpy(np.ascontiguousarray(pred_boxes, np.float64)),
-                      torch.from_numpy(np.ascontiguousarray(gt_boxes, np.float64)), aligned=True).numpy()
+    iou = pair_iou(pred_boxes, gt_boxes, "3d")
+    if len(iou) == 0:
+        return iou
     dims = np.concatenate([pred_boxes[:, 3:6], gt_boxes[:, 3:6]], 1)
     valid = (dims > _MIN_BOX_DIM).all(1) & (dims < _MAX_BOX_DIM).all(1)
     return np.where(valid, np.clip(iou, 0.0, 1.0), 0.0)
