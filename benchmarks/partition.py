@@ -170,13 +170,17 @@ def main() -> None:
                         f"{part.num_slots:,} | {ms:.2f} | {ms_min:.2f} |")
             print(rows[-1], flush=True)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    load = ""
+    if device.type == "cpu" and hasattr(os, "getloadavg"):
+        load = (f" The box was shared (1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the "
+                "end of the run), so medians carry contention; the min column is the closer estimate of the cost.")
     header = (
         "## Partitions (`benchmarks/partition.py`)\n\n"
         f"Device: {device_name(device)}; torch {torch.__version__}; Python {platform.python_version()}; {date}. "
         f"Median and min of {args.repeats} calls after a warm-up (partition only: voxelization excluded). "
         "Grid (-74.88, -74.88, -2)..(74.88, 74.88, 4) m; "
         "pillars 0.32 m (468x468x1), 3D voxels 0.32x0.32x0.1875 m (468x468x32). Groups/slots: the partition's "
-        "G and M (slots include the repeats / overlaps of equal-size schemes).\n\n"
+        f"G and M (slots include the repeats / overlaps of equal-size schemes).{load}\n\n"
         "| cloud | scheme | settings | grid | voxels | groups | slots | median ms | min ms |\n"
         "|---|---|---|---|---:|---:|---:|---:|---:|"
     )
