@@ -148,16 +148,16 @@ def points_to_range_image(points: np.ndarray, extrinsic: np.ndarray, inclination
         if frame_pose is None:
             raise ValueError("points_to_range_image: pixel_pose needs frame_pose")
         world = xyz @ frame_pose[:3, :3].T + frame_pose[:3, 3]
-        pose_m = euler_pose_to_matrix(pixel_pose)
-        pose_inv = np.linalg.inv(pose_m.reshape(-1, 4, 4)).reshape(pose_m.shape)
+        pixel_pose = np.asarray(pixel_pose, dtype=np.float64)
     order = np.argsort(inclinations)  # ascending for searchsorted
     sorted_inc = inclinations[order]
     vehicle = xyz
     rows = cols = None
     for _ in range(iterations if pixel_pose is not None else 1):
         if pixel_pose is not None and rows is not None:
-            m = pose_inv[rows, cols]
-            vehicle = np.einsum("nij,nj->ni", m[:, :3, :3], world) + m[:, :3, 3]
+            # vehicle = R^T (world - t) for the pose of the pixel each point currently lands in
+            m = euler_pose_to_matrix(pixel_pose[rows, cols])
+            vehicle = np.einsum("nji,nj->ni", m[:, :3, :3], world - m[:, :3, 3])
         sensor = vehicle @ vehicle_from_lidar_inv[:3, :3].T + vehicle_from_lidar_inv[:3, 3]
         az = np.arctan2(sensor[:, 1], sensor[:, 0])
         inc = np.arctan2(sensor[:, 2], np.hypot(sensor[:, 0], sensor[:, 1]))
