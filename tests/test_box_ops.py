@@ -263,8 +263,9 @@ def test_points_in_boxes_matches_float64_loop():
     points[:, 2] = rng.uniform(-2, 2, 400)
     ref = naive_points_in_boxes(points, boxes)
     assert ref.sum() > 100
-    got = points_in_boxes(torch.from_numpy(points), torch.from_numpy(boxes), max_elements=1000)  # 3 chunks
-    np.testing.assert_array_equal(got.numpy(), ref)
+    for max_elements in (1, 1000, 1 << 22):  # one box per chunk (over budget), a few boxes per chunk, all at once
+        got = points_in_boxes(torch.from_numpy(points), torch.from_numpy(boxes), max_elements=max_elements)
+        np.testing.assert_array_equal(got.numpy(), ref)
     # float32: identical except possibly within 1e-4 m of a face.
     got32 = points_in_boxes(torch.from_numpy(points).float(), Boxes3D(torch.from_numpy(boxes).float()))
     diff = got32.numpy() != ref

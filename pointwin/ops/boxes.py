@@ -78,8 +78,12 @@ def _pair_area_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         hit = poly + t[..., None] * (nxt - poly)
         cand = torch.stack([poly, hit], 2).reshape(P, 2 * cap, 2)
         keep = torch.stack([valid & inside, valid & cross], 2).reshape(P, 2 * cap)
-        order = torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices[:, :cap]
-        poly = cand.gather(1, order[..., None].expand(-1, -1, 2))
+        # Compact the kept candidates to the front in order: kept k-th goes to slot k, the rest to a
+        # spill slot `cap` that is dropped (also anything past cap, which exact geometry never produces).
+        pos = torch.where(keep, (keep.cumsum(1) - 1).clamp(max=cap), torch.full_like(slot[:1], cap))
+        out = poly.new_zeros(P, cap + 1, 2)
+        out.scatter_(1, pos[..., None].expand(-1, -1, 2), cand)
+        poly = out[:, :cap]
         count = keep.sum(1).clamp(max=cap)
     count = torch.where(count < 3, torch.zeros_like(count), count)
     valid = slot[None] < count[:, None]
@@ -247,12 +251,25 @@ def circle_nms(centers: torch.Tensor, scores: torch.Tensor, radius: float, post_
     return order[torch.from_numpy(keep).to(order.device)]
 
 
-def points_in_boxes(points: torch.Tensor, boxes: Boxes3D | torch.Tensor, max_elements: int = 1 << 24) -> torch.Tensor:
+def _inside(xyz: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(P,) bool: xyz[i] (P, 3) inside box b[i] (P, 7+), boundary included."""
+    c, si = torch.cos(b[:, 6]), torch.sin(b[:, 6])
+    dx = xyz[:, 0] - b[:, 0]
+    dy = xyz[:, 1] - b[:, 1]
+    lx = dx * c + dy * si
+    ly = -dx * si + dy * c
+    lz = xyz[:, 2] - b[:, 2]
+    return (lx.abs() <= b[:, 3] / 2) & (ly.abs() <= b[:, 4] / 2) & (lz.abs() <= b[:, 5] / 2)
+
+
+def points_in_boxes(points: torch.Tensor, boxes: Boxes3D | torch.Tensor, max_elements: int = 1 << 22) -> torch.Tensor:
     """(M, N) bool: point n lies in box m, boundary included (``|local| <= size / 2`` on every axis).
 
     Points are moved into each box's frame (translate, then rotate by -yaw) in float64 if either input
-    is float64, else float32. Work is chunked over boxes so that about ``max_elements`` point-box pairs
-    are in flight at once.
+    is float64, else float32. Only candidate points are tested: points are bucketed into BEV cells
+    (sorted by cell key); each box visits the cell rows its bounding circle (plus a rounding margin)
+    covers, each row being one contiguous run of sorted points. At most about ``max_elements``
+    candidate pairs are in flight at once.
 
     Args:
         points: (N, >=3) float, x, y, z first.
@@ -265,16 +282,45 @@ def points_in_boxes(points: torch.Tensor, boxes: Boxes3D | torch.Tensor, max_ele
     dtype = _compute_dtype(points, t)
     xyz, t = points[:, :3].to(dtype), t.to(device=points.device, dtype=dtype)
     M, N = t.shape[0], xyz.shape[0]
-    out = torch.zeros(M, N, dtype=torch.bool, device=points.device)
-    step = max(1, max_elements // max(N, 1))
-    for s in range(0, M, step):
-        b = t[s:s + step]
-        c, si = torch.cos(b[:, 6:7]), torch.sin(b[:, 6:7])
-        dx = xyz[None, :, 0] - b[:, 0:1]
-        dy = xyz[None, :, 1] - b[:, 1:2]
-        lx = dx * c + dy * si
-        ly = -dx * si + dy * c
-        lz = xyz[None, :, 2] - b[:, 2:3]
-        out[s:s + step] = ((lx.abs() <= b[:, 3:4] / 2) & (ly.abs() <= b[:, 4:5] / 2)
-                           & (lz.abs() <= b[:, 5:6] / 2))
+    dev = points.device
+    out = torch.zeros(M, N, dtype=torch.bool, device=dev)
+    if M == 0 or N == 0:
+        return out
+    # BEV cells about the median box size, at most 4096 per axis.
+    lo_xy = xyz[:, :2].amin(0)
+    extent = float((xyz[:, :2].amax(0) - lo_xy).max())
+    reach = 0.5 * torch.hypot(t[:, 3], t[:, 4])  # bounding-circle radius: |x - cx| <= reach inside
+    cell = max(float(reach.median()), extent / 4096, 1e-3)
+    cxy = torch.floor((xyz[:, :2] - lo_xy) / cell).long()
+    W, H = int(cxy[:, 0].max()) + 1, int(cxy[:, 1].max()) + 1
+    key = cxy[:, 1] * W + cxy[:, 0]
+    skey, order = torch.sort(key)
+    # Cell ranges of each box (a superset of its points is enough: the exact test follows).
+    margin = 1e-3 + 8 * torch.finfo(dtype).eps * (t[:, :2].abs() + reach[:, None])
+    bmin = torch.floor((t[:, :2] - reach[:, None] - margin - lo_xy) / cell).long()
+    bmax = torch.floor((t[:, :2] + reach[:, None] + margin - lo_xy) / cell).long()
+    limit = torch.tensor([W - 1, H - 1], device=dev)
+    bmin, bmax = bmin.clamp(min=0).minimum(limit), bmax.clamp(min=0).minimum(limit)
+    rows = bmax[:, 1] - bmin[:, 1] + 1
+    range_box = torch.repeat_interleave(torch.arange(M, device=dev), rows)
+    row = bmin[range_box, 1] + torch.arange(range_box.numel(), device=dev) - (torch.cumsum(rows, 0) - rows)[range_box]
+    lo = torch.searchsorted(skey, row * W + bmin[range_box, 0])
+    hi = torch.searchsorted(skey, row * W + bmax[range_box, 0], right=True)
+    counts = hi - lo
+    sizes = counts.tolist()
+    R, start = len(sizes), 0
+    while start < R:
+        end, total = start, 0
+        while end < R and (end == start or total + sizes[end] <= max_elements):
+            total += sizes[end]
+            end += 1
+        if total:
+            c = counts[start:end]
+            rid = torch.repeat_interleave(torch.arange(start, end, device=dev), c)
+            first = (torch.cumsum(c, 0) - c)[rid - start]
+            pid = order[lo[rid] + torch.arange(total, device=dev) - first]
+            box = range_box[rid]
+            ok = _inside(xyz[pid], t[box])
+            out[box[ok], pid[ok]] = True
+        start = end
     return out
