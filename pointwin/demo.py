@@ -143,7 +143,7 @@ def run_demo(work_dir: str | os.PathLike | None = None, quick: bool = False, dev
     n_pic = min(int(demo.get("pictures", 4)), len(val_set))
     score_thr = float(demo.get("score_thr", 0.3))
     pictures = []
-    rng = cfg["data"]["val"].get("point_range") or (cfg.get("model") or {}).get("point_range")
+    rng = (cfg.get("model") or {}).get("point_cloud_range")
     extent = (rng[0], rng[1], rng[3], rng[4]) if rng else None
     for i in range(n_pic):
         sample = val_set[i]

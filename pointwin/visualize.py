@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-GT_COLOR = "#2ca02c"
+GT_COLOR = "#00a000"
 PRED_COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
 
@@ -92,12 +92,15 @@ def draw_bev(points: Any, path: str | os.PathLike, *, gt_boxes: Any = None, pred
     pred = _np(pred_boxes)
     fig = Figure(figsize=(size_inches, size_inches))
     ax = fig.add_subplot(1, 1, 1)
-    ax.set_facecolor("black")
+    if extent is not None and len(pts):
+        inside = ((pts[:, 0] >= extent[0]) & (pts[:, 0] <= extent[2]) & (pts[:, 1] >= extent[1])
+                  & (pts[:, 1] <= extent[3]))
+        pts = pts[inside]
     if len(pts):
         z = pts[:, 2]
         lo, hi = np.percentile(z, [2, 98]) if len(z) > 10 else (z.min(), z.max() + 1e-3)
-        ax.scatter(pts[:, 0], pts[:, 1], s=0.15, c=np.clip(z, lo, hi), cmap="viridis", linewidths=0,
-                   rasterized=True)
+        ax.scatter(pts[:, 0], pts[:, 1], s=0.4, c=np.clip(z, lo, hi), cmap="Greys", vmin=lo - 0.3 * (hi - lo),
+                   vmax=hi, linewidths=0, rasterized=True)
     if gt is not None and len(gt):
         _draw_boxes(ax, gt, GT_COLOR, 1.2)
     if pred is not None and len(pred):
