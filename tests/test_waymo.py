@@ -293,10 +293,14 @@ def _make_frame_with_range_images(seed=0):
     laser.ri_return1.range_image_pose_compressed = encode_matrix(pose)
     inc_rows = asc[::-1]
     for r, ri_msg in enumerate((laser.ri_return1, laser.ri_return2)):
-        known, image, _, _ = _synthetic_scan(h, w, inc_rows, top_ext, 500, seed=seed + r,
-                                             pixel_pose=pose.astype(np.float64), frame_pose=frame_pose)
+        known, image, rows, cols = _synthetic_scan(h, w, inc_rows, top_ext, 500, seed=seed + r,
+                                                   pixel_pose=pose.astype(np.float64), frame_pose=frame_pose)
         ri_msg.range_image_compressed = encode_matrix(image)
-        expected.append((1, r, known))
+        if r == 0:  # segmentation labels on the first return only: instance = row * 1000 + col, class (r + c) % 23
+            rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+            ri_msg.segmentation_label_compressed = encode_matrix(np.stack([rr * 1000 + cc, (rr + cc) % 23], -1)
+                                                                 .astype(np.int32))
+        expected.append((1, r, known, rows, cols))
     # FRONT: uniform inclinations between min and max, no per-pixel pose
     h, w = 16, 100
     front_ext = _extrinsic(0.0, [4.0, 0.0, 0.5], pitch=0.2)
@@ -308,7 +312,7 @@ def _make_frame_with_range_images(seed=0):
                                                                  cal.beam_inclination_max, h),
                                          front_ext, 300, seed=seed + 7)
     laser.ri_return1.range_image_compressed = encode_matrix(image)
-    expected.append((2, 0, known))
+    expected.append((2, 0, known, None, None))
     return frame, expected
 
 
@@ -325,7 +329,18 @@ def test_frame_to_points_all_lasers_both_returns(tmp_path):
     parsed.ParseFromString(rec)
     fp = frame_to_points(parsed)
     assert fp.points.shape == (500 + 500 + 300, 6)
-    for laser, ret, known in expected:
+    for laser, ret, known, rows, cols in expected:
+        sel = (fp.laser == laser) & (fp.return_index == ret)
+        seg = fp.segmentation[sel]
+        if laser == 1 and ret == 0:
+            # each point carries the label of its own pixel (matched through the unique intensities)
+            by_intensity = {float(np.float32(i)): (r, c) for i, r, c in zip(known[:, 3], rows, cols)}
+            pix = np.array([by_intensity[float(i)] for i in fp.points[sel, 3]])
+            np.testing.assert_array_equal(seg[:, 0], pix[:, 0] * 1000 + pix[:, 1])
+            np.testing.assert_array_equal(seg[:, 1], (pix[:, 0] + pix[:, 1]) % 23)
+        else:
+            assert (seg == -1).all()
+    for laser, ret, known, *_ in expected:
         sel = (fp.laser == laser) & (fp.return_index == ret)
         got = fp.points[sel]
         assert len(got) == len(known)
@@ -434,7 +449,8 @@ def test_v2_components_read_and_convert_to_points(tmp_path):
     (f,) = list(v2.iter_lidar_frames(tmp_path, "segA"))
     assert f.timestamp == frame.timestamp_micros and f.pixel_pose.shape == (64, 200, 6)
     fp = v2.frame_points(f, calibs)
-    for laser, ret, known in expected:
+    assert fp.segmentation is None
+    for laser, ret, known, *_ in expected:
         got = fp.points[(fp.laser == laser) & (fp.return_index == ret)]
         g, k = got[np.argsort(got[:, 3])], known[np.argsort(known[:, 3])]
         # the vehicle pose went through float32 storage: allow 1 cm
@@ -446,6 +462,9 @@ def test_v2_components_read_and_convert_to_points(tmp_path):
     segs = v2.read_lidar_segmentation(tmp_path, "segA")
     np.testing.assert_array_equal(segs[(frame.timestamp_micros, 1)][0], seg_labels)
     assert segs[(frame.timestamp_micros, 1)][1] is None
+    labelled = v2.frame_points(f, calibs, segmentation=segs)
+    top0 = (labelled.laser == 1) & (labelled.return_index == 0)
+    assert (labelled.segmentation[~top0] == -1).all() and (labelled.segmentation[top0, 1] == 3).all()
     with pytest.raises(FileNotFoundError, match="lidar_box"):
         v2.read_lidar_boxes(tmp_path, "nope")
 
@@ -520,6 +539,12 @@ def test_convert_v1_sharded_resumable(tmp_path, monkeypatch):
     assert sample.labels.tolist() == [0] and sample.boxes.tensor.shape == (1, 9)
     kept = WaymoDataset(out)[0]
     assert len(kept.points) == int((pts[:, 5] <= 0).sum()) < 1300
+    seg = np.load(out / info["seg_path"])
+    assert seg.shape == (1300, 2) and (seg[500:, 1] == -1).all() and (seg[:500, 1] >= 0).all()
+    labelled = WaymoDataset(out, with_segmentation=True)[0]
+    expected_labels = np.where(seg[:, 1] > 0, seg[:, 1] - 1, -1)[pts[:, 5] <= 0]
+    np.testing.assert_array_equal(labelled.point_labels.numpy(), expected_labels)
+    assert labelled.point_labels.max() <= 21
 
 
 def test_convert_v2_with_process_pool(tmp_path):

@@ -4,6 +4,8 @@ Output layout under ``out``::
 
     <segment>/<timestamp_micros>.npy   float32 (N, 6) x, y, z, intensity, elongation, no-label-zone flag,
                                        all lidars and both returns, in the frame's vehicle frame
+    <segment>/<timestamp_micros>.seg.npy  int32 (N, 2) instance id, semantic class per point (-1 unlabelled),
+                                       only for frames with segmentation labels (``seg_path`` in the info)
     <segment>/infos.json               list of frame infos (see :func:`_frame_info`)
     waymo_infos_shard<i>of<n>.json     the infos of every segment of that shard
     waymo_infos.json                   :func:`merge_waymo_infos` of all finished segments
@@ -96,14 +98,23 @@ def _iter_v1(path: str) -> Iterator[tuple[int, np.ndarray | None, np.ndarray, di
             "det": np.array([lb.detection_difficulty_level for lb in labels], dtype=np.int64),
             "trk": np.array([lb.tracking_difficulty_level for lb in labels], dtype=np.int64),
         }
-        yield frame.timestamp_micros, pose, frame_to_points(frame).points, lab, frame.context.name
+        yield frame.timestamp_micros, pose, frame_to_points(frame), lab, frame.context.name
 
 
 def _iter_v2(root: str, segment: str) -> Iterator[tuple[int, np.ndarray | None, np.ndarray, dict, str]]:
-    from .v2 import component_path, frame_points, iter_lidar_frames, read_lidar_boxes, read_lidar_calibrations
+    from .v2 import (
+        component_path,
+        frame_points,
+        iter_lidar_frames,
+        read_lidar_boxes,
+        read_lidar_calibrations,
+        read_lidar_segmentation,
+    )
 
     calibs = read_lidar_calibrations(root, segment)
     boxes = read_lidar_boxes(root, segment) if component_path(root, "lidar_box", segment).exists() else {}
+    seg = (read_lidar_segmentation(root, segment) if component_path(root, "lidar_segmentation", segment).exists()
+           else None)
     for frame in iter_lidar_frames(root, segment):
         b = boxes.get(frame.timestamp)
         if b is None:
@@ -113,7 +124,7 @@ def _iter_v2(root: str, segment: str) -> Iterator[tuple[int, np.ndarray | None, 
         else:
             lab = {"boxes": b.boxes, "speed": b.speed, "types": b.types, "ids": b.ids, "npts": b.num_lidar_points,
                    "ntop": b.num_top_lidar_points, "det": b.difficulty, "trk": b.tracking_difficulty}
-        yield frame.timestamp, frame.pose, frame_points(frame, calibs).points, lab, segment
+        yield frame.timestamp, frame.pose, frame_points(frame, calibs, segmentation=seg), lab, segment
 
 
 def _write_json(path: Path, obj) -> None:
@@ -135,12 +146,16 @@ def convert_segment(kind: str, source: str, segment: str, out: str | os.PathLike
     try:
         frames = _iter_v1(source) if kind == "v1" else _iter_v2(source, segment)
         infos = []
-        for ts, pose, points, lab, context in frames:
+        for ts, pose, fp, lab, context in frames:
             name = f"{ts}.npy"
-            np.save(tmp / name, np.ascontiguousarray(points, dtype=np.float32))
-            infos.append(_frame_info(segment, ts, pose, f"{segment}/{name}", len(points), lab["boxes"], lab["speed"],
-                                     lab["types"], lab["ids"], lab["npts"], lab["ntop"], lab["det"], lab["trk"],
-                                     context))
+            np.save(tmp / name, np.ascontiguousarray(fp.points, dtype=np.float32))
+            info = _frame_info(segment, ts, pose, f"{segment}/{name}", len(fp.points), lab["boxes"], lab["speed"],
+                               lab["types"], lab["ids"], lab["npts"], lab["ntop"], lab["det"], lab["trk"], context)
+            info["seg_path"] = None
+            if fp.segmentation is not None:
+                np.save(tmp / f"{ts}.seg.npy", np.ascontiguousarray(fp.segmentation, dtype=np.int32))
+                info["seg_path"] = f"{segment}/{ts}.seg.npy"
+            infos.append(info)
         infos.sort(key=lambda i: i["timestamp_micros"])
         for idx, info in enumerate(infos):
             info["sample_idx"] = idx

@@ -11,7 +11,12 @@ import torch
 
 from ...structures import Boxes3D, Sample
 
-__all__ = ["WaymoDataset"]
+__all__ = ["WAYMO_SEG_CLASSES", "WaymoDataset"]
+
+# Waymo's 22 lidar segmentation classes (Segmentation.Type 1..22; 0 = TYPE_UNDEFINED is ignored).
+WAYMO_SEG_CLASSES = ("car", "truck", "bus", "other_vehicle", "motorcyclist", "bicyclist", "pedestrian", "sign",
+                     "traffic_light", "pole", "construction_cone", "bicycle", "motorcycle", "building", "vegetation",
+                     "tree_trunk", "curb", "road", "lane_marker", "other_ground", "walkable", "sidewalk")
 
 
 class WaymoDataset(torch.utils.data.Dataset):
@@ -26,13 +31,15 @@ class WaymoDataset(torch.utils.data.Dataset):
         min_points_in_box: drop boxes with fewer lidar points (Waymo's evaluation ignores empty boxes).
         with_velocity: boxes (M, 9) with vx, vy instead of (M, 7).
         intensity_tanh: apply tanh to intensity (Waymo intensities are unbounded).
+        with_segmentation: return ``point_labels`` = semantic class - 1 (indices into ``WAYMO_SEG_CLASSES``;
+            -1 for undefined/unlabelled points); frames without labels raise.
     """
 
     def __init__(self, root: str | os.PathLike, info_path: str | os.PathLike | None = None,
                  class_names: tuple[str, ...] = ("Vehicle", "Pedestrian", "Cyclist"),
                  channels: tuple[str, ...] = ("x", "y", "z", "intensity", "elongation"),
                  drop_nlz_points: bool = True, min_points_in_box: int = 1, with_velocity: bool = False,
-                 intensity_tanh: bool = True) -> None:
+                 intensity_tanh: bool = True, with_segmentation: bool = False) -> None:
         self.root = Path(root)
         path = Path(info_path) if info_path is not None else self.root / "waymo_infos.json"
         if not path.exists():
@@ -44,6 +51,7 @@ class WaymoDataset(torch.utils.data.Dataset):
         self.channels = tuple(channels)
         self.drop_nlz_points, self.min_points_in_box = drop_nlz_points, min_points_in_box
         self.with_velocity, self.intensity_tanh = with_velocity, intensity_tanh
+        self.with_segmentation = with_segmentation
 
     def __len__(self) -> int:
         return len(self.infos)
@@ -58,8 +66,20 @@ class WaymoDataset(torch.utils.data.Dataset):
         pts = np.load(path, allow_pickle=False)
         if pts.ndim != 2 or pts.shape[1] != len(stored):
             raise ValueError(f"{path}: expected (N, {len(stored)}) points, got shape {pts.shape}")
+        point_labels = None
+        if self.with_segmentation:
+            if not info.get("seg_path"):
+                raise KeyError(f"frame {info['frame_id']} has no segmentation labels (seg_path is empty)")
+            seg = np.load(self.root / info["seg_path"], allow_pickle=False)
+            if seg.shape != (len(pts), 2):
+                raise ValueError(f"{info['seg_path']}: expected ({len(pts)}, 2) labels, got {seg.shape}")
+            semantic = seg[:, 1].astype(np.int64)
+            point_labels = np.where(semantic > 0, semantic - 1, -1)
         if self.drop_nlz_points:
-            pts = pts[pts[:, stored.index("nlz")] <= 0]
+            keep_pts = pts[:, stored.index("nlz")] <= 0
+            pts = pts[keep_pts]
+            if point_labels is not None:
+                point_labels = point_labels[keep_pts]
         if self.intensity_tanh:
             pts = pts.copy()
             pts[:, stored.index("intensity")] = np.tanh(pts[:, stored.index("intensity")])
@@ -73,6 +93,7 @@ class WaymoDataset(torch.utils.data.Dataset):
         return Sample(points=torch.from_numpy(np.ascontiguousarray(pts, dtype=np.float32)), channels=self.channels,
                       frame_id=info["frame_id"], boxes=Boxes3D(torch.from_numpy(boxes)),
                       labels=torch.from_numpy(labels),
+                      point_labels=None if point_labels is None else torch.from_numpy(point_labels),
                       meta={"timestamp_micros": info["timestamp_micros"], "context_name": info["context_name"],
                             "difficulty": [d for d, k in zip(annos["difficulty"], keep) if k],
                             "num_lidar_points_in_box": [d for d, k in zip(annos["num_lidar_points_in_box"], keep)

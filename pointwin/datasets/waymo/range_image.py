@@ -206,26 +206,60 @@ class FramePoints:
     """All lidar points of a frame in its vehicle frame.
 
     Attributes:
-        points: float32 (N, 6) x, y, z, intensity, elongation, no-label-zone flag.
+        points: float32 (N, 6) x, y, z, intensity, elongation, no-label-zone flag (Waymo stores 1 inside a
+            no-label zone and -1 outside).
         laser: int8 (N,) ``LaserName`` of each point (1 TOP, 2 FRONT, 3 SIDE_LEFT, 4 SIDE_RIGHT, 5 REAR).
         return_index: int8 (N,) 0 for the first return, 1 for the second.
+        segmentation: int32 (N, 2) (instance id, semantic class) from the range-image segmentation labels,
+            -1 for points of range images without labels (only TOP is labelled, and not every frame);
+            None when the frame has no segmentation labels at all.
     """
 
     points: np.ndarray
     laser: np.ndarray
     return_index: np.ndarray
+    segmentation: np.ndarray | None = None
 
     channels = ("x", "y", "z", "intensity", "elongation", "nlz")
+
+
+class _Collector:
+    """Concatenates per-range-image outputs into a :class:`FramePoints`."""
+
+    def __init__(self) -> None:
+        self.points, self.laser, self.ret, self.seg = [], [], [], []
+        self.any_seg = False
+
+    def add(self, pts: np.ndarray, pixels: np.ndarray, laser: int, ret: int, seg: np.ndarray | None,
+            image_shape: tuple[int, ...]) -> None:
+        self.points.append(pts)
+        self.laser.append(np.full(len(pts), laser, np.int8))
+        self.ret.append(np.full(len(pts), ret, np.int8))
+        if seg is not None:
+            if seg.ndim != 3 or seg.shape[:2] != tuple(image_shape[:2]):
+                raise ValueError(f"segmentation labels of laser {laser} return {ret + 1} have shape {seg.shape}; "
+                                 f"expected ({image_shape[0]}, {image_shape[1]}, 2) like its range image")
+            self.any_seg = True
+            self.seg.append(seg[pixels[:, 0], pixels[:, 1], :2].astype(np.int32))
+        else:
+            self.seg.append(np.full((len(pts), 2), -1, np.int32))
+
+    def result(self) -> FramePoints:
+        if not self.points:
+            return FramePoints(np.zeros((0, 6), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int8))
+        return FramePoints(np.concatenate(self.points), np.concatenate(self.laser), np.concatenate(self.ret),
+                           np.concatenate(self.seg) if self.any_seg else None)
 
 
 def frame_to_points(frame, returns: tuple[int, ...] = (0, 1), lasers: tuple[int, ...] | None = None) -> FramePoints:
     """Convert every laser's range images of a v1 ``Frame`` to points (both returns by default).
 
-    The TOP lidar's first-return ``range_image_pose_compressed`` is used for both of its returns.
+    The TOP lidar's first-return ``range_image_pose_compressed`` is used for both of its returns; each
+    return's ``segmentation_label_compressed`` (when present) labels its points.
     """
     calibs = {c.name: c for c in frame.context.laser_calibrations}
     frame_pose = np.asarray(frame.pose.transform, dtype=np.float64).reshape(4, 4) if frame.pose.transform else None
-    out_p, out_l, out_r = [], [], []
+    out = _Collector()
     for laser in sorted(frame.lasers, key=lambda la: la.name):
         if lasers is not None and laser.name not in lasers:
             continue
@@ -243,12 +277,10 @@ def frame_to_points(frame, returns: tuple[int, ...] = (0, 1), lasers: tuple[int,
             ri = decode_matrix(ri_msg.range_image_compressed)
             inc = beam_inclinations(list(calib.beam_inclinations), calib.beam_inclination_min,
                                     calib.beam_inclination_max, ri.shape[0])
-            pts, _ = range_image_to_points(ri, np.asarray(calib.extrinsic.transform).reshape(4, 4), inc,
-                                           pixel_pose=pixel_pose, frame_pose=frame_pose if pixel_pose is not None
-                                           else None)
-            out_p.append(pts)
-            out_l.append(np.full(len(pts), laser.name, dtype=np.int8))
-            out_r.append(np.full(len(pts), r, dtype=np.int8))
-    if not out_p:
-        return FramePoints(np.zeros((0, 6), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int8))
-    return FramePoints(np.concatenate(out_p), np.concatenate(out_l), np.concatenate(out_r))
+            pts, pixels = range_image_to_points(ri, np.asarray(calib.extrinsic.transform).reshape(4, 4), inc,
+                                                pixel_pose=pixel_pose,
+                                                frame_pose=frame_pose if pixel_pose is not None else None)
+            seg = (decode_matrix(ri_msg.segmentation_label_compressed, "int32")
+                   if ri_msg.segmentation_label_compressed else None)
+            out.add(pts, pixels, laser.name, r, seg, ri.shape)
+    return out.result()

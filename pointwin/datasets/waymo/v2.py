@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .range_image import FramePoints, beam_inclinations, range_image_to_points
+from .range_image import FramePoints, _Collector, beam_inclinations, range_image_to_points
 
 __all__ = ["COMPONENTS", "LidarBoxes", "LidarCalibration", "V2Frame", "frame_points", "iter_lidar_frames",
            "list_segments", "read_component", "read_lidar_boxes", "read_lidar_calibrations",
@@ -257,28 +257,28 @@ def iter_lidar_frames(root: str | os.PathLike, segment: str, batch_size: int = 1
         yield V2Frame(segment, ts, frames[ts], pixel_poses.get(ts), poses.get(ts))
 
 
-def frame_points(frame: V2Frame, calibrations: dict[int, LidarCalibration],
-                 returns: tuple[int, ...] = (0, 1)) -> FramePoints:
-    """All lidars' points of a v2 frame in its vehicle frame (TOP with its per-pixel pose correction)."""
-    out_p, out_l, out_r = [], [], []
+def frame_points(frame: V2Frame, calibrations: dict[int, LidarCalibration], returns: tuple[int, ...] = (0, 1),
+                 segmentation: dict[tuple[int, int], list[np.ndarray | None]] | None = None) -> FramePoints:
+    """All lidars' points of a v2 frame in its vehicle frame (TOP with its per-pixel pose correction).
+
+    ``segmentation``: the output of :func:`read_lidar_segmentation`, to label the points.
+    """
+    out = _Collector()
     for laser in sorted(frame.range_images):
         if laser not in calibrations:
             raise KeyError(f"segment {frame.segment}: laser {laser} has no row in lidar_calibration")
         cal = calibrations[laser]
+        seg_returns = (segmentation or {}).get((frame.timestamp, laser), [None, None])
         for r in returns:
             ri = frame.range_images[laser][r]
             if ri is None:
                 continue
             use_pose = laser == 1 and frame.pixel_pose is not None and frame.pose is not None
-            pts, _ = range_image_to_points(ri, cal.extrinsic, cal.rows(ri.shape[0]),
-                                           pixel_pose=frame.pixel_pose if use_pose else None,
-                                           frame_pose=frame.pose if use_pose else None)
-            out_p.append(pts)
-            out_l.append(np.full(len(pts), laser, np.int8))
-            out_r.append(np.full(len(pts), r, np.int8))
-    if not out_p:
-        return FramePoints(np.zeros((0, 6), np.float32), np.zeros(0, np.int8), np.zeros(0, np.int8))
-    return FramePoints(np.concatenate(out_p), np.concatenate(out_l), np.concatenate(out_r))
+            pts, pixels = range_image_to_points(ri, cal.extrinsic, cal.rows(ri.shape[0]),
+                                                pixel_pose=frame.pixel_pose if use_pose else None,
+                                                frame_pose=frame.pose if use_pose else None)
+            out.add(pts, pixels, laser, r, seg_returns[r], ri.shape)
+    return out.result()
 
 
 def read_lidar_segmentation(root: str | os.PathLike, segment: str) -> dict[tuple[int, int], list[np.ndarray | None]]:
