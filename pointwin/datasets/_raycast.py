@@ -207,3 +207,47 @@ def cast_rays(elevations: np.ndarray, num_cols: int, prim_type: np.ndarray, para
             owner[n] = hit
             n += 1
     return out[:n].copy(), owner[:n].copy()
+
+
+@njit(cache=True)
+def points_in_boxes_f32(xyz: np.ndarray, boxes: np.ndarray, cos_yaw: np.ndarray, sin_yaw: np.ndarray) -> np.ndarray:
+    """bool (M, N): point n inside box m, boundary included, in float32 arithmetic.
+
+    Same operations, in the same order and precision, as :func:`pointwin.ops.points_in_boxes` on
+    float32 inputs, so the two agree bit for bit; ``cos_yaw``/``sin_yaw`` (float32 (M,)) come from torch
+    for the same reason. A conservative float64 bounding-circle test skips far points first.
+
+    Args:
+        xyz: float32 (N, 3); boxes: float32 (M, 7+).
+    """
+    m, n = boxes.shape[0], xyz.shape[0]
+    mask = np.zeros((m, n), np.bool_)
+    two = np.float32(2.0)
+    for k in range(m):
+        cx, cy, cz = boxes[k, 0], boxes[k, 1], boxes[k, 2]
+        hx, hy, hz = boxes[k, 3] / two, boxes[k, 4] / two, boxes[k, 5] / two
+        c, s = cos_yaw[k], sin_yaw[k]
+        reach = math.sqrt(float(hx) * float(hx) + float(hy) * float(hy))
+        reach += 1e-3 + 1e-6 * (abs(float(cx)) + abs(float(cy)))  # float32 rounding margin
+        r2 = reach * reach
+        for i in range(n):
+            dx = xyz[i, 0] - cx
+            dy = xyz[i, 1] - cy
+            if float(dx) * float(dx) + float(dy) * float(dy) > r2:
+                continue
+            lx = dx * c + dy * s
+            ly = -dx * s + dy * c
+            lz = xyz[i, 2] - cz
+            if abs(lx) <= hx and abs(ly) <= hy and abs(lz) <= hz:
+                mask[k, i] = True
+    return mask
+
+
+def points_in_boxes_np(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """bool (M, N) for float32 numpy points (N, >=3) and boxes (M, 7+): see :func:`points_in_boxes_f32`."""
+    import torch
+
+    xyz = np.ascontiguousarray(points[:, :3], dtype=np.float32)
+    b = np.ascontiguousarray(boxes, dtype=np.float32)
+    yaw = torch.from_numpy(b[:, 6].copy())
+    return points_in_boxes_f32(xyz, b, torch.cos(yaw).numpy(), torch.sin(yaw).numpy())
