@@ -123,3 +123,15 @@ def test_collate_builds_points_batch():
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)
     (b2,) = list(loader)
     torch.testing.assert_close(b2.points.data, batch.points.data)
+
+
+def test_build_from_config_with_transform_list():
+    cfg = {"type": "SyntheticDataset", "split": "val", "num_frames": 2,
+           "scene": {"lidar": {"num_beams": 16, "azimuth_resolution": 1.0}, "num_cars": [2, 4]},
+           "transforms": [{"type": "PointRangeFilter", "point_range": [-10, -10, -3, 10, 10, 1]},
+                          {"type": "ShufflePoints"}]}
+    ds = DATASETS.build(cfg, where="data.train")
+    assert ds.scene.num_cars == (2, 4) and ds.scene.lidar.num_beams == 16
+    s = ds[0]
+    assert s.points[:, :2].abs().max() < 10
+    assert len(s.boxes) == 0 or bool(s.boxes.in_range_bev((-10, -10, -3, 10, 10, 1)).all())

@@ -131,6 +131,7 @@ def read_infos(path: str | os.PathLike) -> dict[str, Any]:
 class PointDataset(Dataset):
     """Base class: subclasses implement ``__len__`` and ``get_sample(index) -> Sample``.
 
+    ``transforms`` is a callable or a list of transform configs (``[{"type": "RandomFlip"}, ...]``).
     ``__getitem__`` applies ``transforms(sample, rng)`` with a numpy Generator seeded by
     (aug_seed, epoch, index), so an augmented item does not depend on which DataLoader worker loads
     it; call :meth:`set_epoch` each epoch for fresh augmentations.
@@ -139,8 +140,12 @@ class PointDataset(Dataset):
     class_names: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
 
-    def __init__(self, transforms: Callable[[Sample, np.random.Generator], Sample] | None = None,
+    def __init__(self, transforms: Callable[[Sample, np.random.Generator], Sample] | Sequence[Any] | None = None,
                  aug_seed: int = 0) -> None:
+        if transforms is not None and not callable(transforms):  # a list of transform configs
+            from .transforms import build_transforms
+
+            transforms = build_transforms(list(transforms))
         self.transforms = transforms
         self.aug_seed = int(aug_seed)
         self.epoch = 0
