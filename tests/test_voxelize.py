@@ -137,6 +137,15 @@ def test_bad_arguments():
         voxelize(pts, (1.0, 1.0, 1.0), (0, 0, 0, 1, 1))
     with pytest.raises(ValueError, match="points must be"):
         voxelize(torch.zeros(3, 2), (1.0, 1.0, 1.0), (0, 0, 0, 1, 1, 1))
+    with pytest.raises(ValueError, match=r"batch_idx must lie in \[0, 2\), got range \[0, 2\]"):
+        voxelize(pts, (1.0, 1.0, 1.0), (0, 0, 0, 1, 1, 1), batch_idx=torch.tensor([0, 1, 2]), batch_size=2)
+    with pytest.raises(ValueError, match=r"batch_idx must be \(3,\)"):
+        voxelize(pts, (1.0, 1.0, 1.0), (0, 0, 0, 1, 1, 1), batch_idx=torch.tensor([0, 1]))
+    # A plain tensor with batch_idx: the batch size defaults to max id + 1.
+    vox = voxelize(torch.tensor([[0.5, 0.5, 0.5], [0.2, 0.2, 0.2]]), (1.0, 1.0, 1.0), (0, 0, 0, 1, 1, 1),
+                   batch_idx=torch.tensor([3, 1]))
+    assert vox.batch_size == 4 and vox.coords.tolist() == [[1, 0, 0, 0], [3, 0, 0, 0]]
+    assert vox.point_voxel.tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("reduce", ["mean", "max", "sum"])

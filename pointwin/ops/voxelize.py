@@ -120,6 +120,9 @@ def voxelize(points: Points | torch.Tensor, voxel_size: Sequence[float], point_r
         bsize = batch_size if batch_size is not None else (int(bidx.max()) + 1 if bidx.numel() else 1)
         if bidx.shape != (len(points),):
             raise ValueError(f"voxelize: batch_idx must be ({len(points)},), got {tuple(bidx.shape)}")
+        if bidx.numel() and (int(bidx.min()) < 0 or int(bidx.max()) >= bsize):
+            raise ValueError(f"voxelize: batch_idx must lie in [0, {bsize}), got range "
+                             f"[{int(bidx.min())}, {int(bidx.max())}]")
     shape_zyx = grid_shape(voxel_size, point_range)
     device = xyz.device
     lo = torch.tensor([float(point_range[i]) for i in range(3)], dtype=torch.float64, device=device)
