@@ -344,7 +344,10 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
         import numpy as np
 
-        points = vis.read_points_file(args.file, args.dims)
+        try:
+            points = vis.read_points_file(args.file, args.dims)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
         boxes = None
         if args.boxes is not None:
             boxes = np.asarray(json.loads(args.boxes.read_text()), dtype=np.float32).reshape(-1, 7)
