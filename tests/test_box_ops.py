@@ -192,6 +192,14 @@ def test_iou3d_matches_shapely(backend):
     assert boxes_iou3d(u, w, backend=backend).item() == 0.0
 
 
+def test_torch_backend_is_differentiable():
+    a = torch.tensor([[0.0, 0, 0, 2, 1, 1, 0.3], [1.0, 0.5, 0.2, 1.5, 2, 1, 1.0]], dtype=torch.float64,
+                     requires_grad=True)
+    b = torch.tensor([[0.5, 0.2, 0, 1.5, 1, 1, -0.2], [1.2, 0.1, 0.0, 1.0, 1.0, 1.2, 0.2]], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: boxes_iou_bev(x, b, aligned=True, backend="torch"), (a,))
+    assert torch.autograd.gradcheck(lambda x: boxes_iou3d(x, b, backend="torch"), (a,))
+
+
 def naive_nms(iou: np.ndarray, scores: np.ndarray, thr: float, pre_max=None, post_max=None) -> list[int]:
     """Greedy NMS over a precomputed (shapely) IoU matrix."""
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))

@@ -5,7 +5,8 @@ Two interchangeable backends compute the exact BEV intersection area of rotated 
 * ``"numba"``: Sutherland-Hodgman clipping per pair in float64 (:mod:`pointwin.ops._box_numba`); the
   default for CPU tensors.
 * ``"torch"``: the same clipping, batched over pairs with fixed-size vertex buffers; the default for
-  CUDA tensors (also runs on the CPU). It computes in float64 when an input is float64, else float32.
+  CUDA tensors (also runs on the CPU). It computes in float64 when an input is float64, else float32,
+  and is differentiable almost everywhere (e.g. for IoU losses).
 
 Conventions: a zero-size box has zero area and IoU 0 with everything (never NaN); boxes that only
 touch have IoU 0; NMS suppresses a box when its IoU with a kept, higher-scored box is strictly greater
