@@ -1,9 +1,9 @@
 """Data augmentation and filtering on :class:`~pointwin.structures.Sample` objects.
 
 Every transform is a callable ``t(sample, rng) -> Sample`` that returns a new sample (the input is not
-modified) with points, boxes, labels, per-point labels and per-box meta (``PER_BOX_META_KEYS``) kept
-consistent. ``rng`` is a ``numpy.random.Generator``, a ``torch.Generator`` or an int seed; all
-randomness comes from it.
+modified) with points, boxes, labels, per-point labels, per-box meta (``PER_BOX_META_KEYS``) and the
+ground plane ``meta["ground"]`` (z = g0 + gx x + gy y, when present) kept consistent. ``rng`` is a
+``numpy.random.Generator``, a ``torch.Generator`` or an int seed; all randomness comes from it.
 
 Example (a config list builds the same thing through :data:`TRANSFORMS`)::
 
@@ -70,10 +70,23 @@ def select_boxes(sample: Sample, keep: torch.Tensor) -> Sample:
                                labels=None if sample.labels is None else sample.labels[idx], meta=meta)
 
 
-def _with_geometry(sample: Sample, xyz: torch.Tensor, boxes: Boxes3D | None) -> Sample:
+def _with_geometry(sample: Sample, xyz: torch.Tensor, boxes: Boxes3D | None,
+                   ground: tuple[float, float, float] | None = None) -> Sample:
     points = sample.points.clone()
     points[:, :3] = xyz.to(points.dtype)
-    return dataclasses.replace(sample, points=points, boxes=boxes)
+    meta = sample.meta
+    if ground is not None:
+        meta = {**meta, "ground": [float(v) for v in ground]}
+    return dataclasses.replace(sample, points=points, boxes=boxes, meta=meta)
+
+
+def _ground(sample: Sample) -> tuple[float, float, float] | None:
+    """The frame's ground plane z = g0 + gx x + gy y from ``meta["ground"]``, if it has one.
+
+    Transforms carry the plane along with the points, so that later steps (GT sampling) still find it.
+    """
+    g = sample.meta.get("ground")
+    return None if g is None else (float(g[0]), float(g[1]), float(g[2]))
 
 
 def _pair(value: float | Sequence[float], name: str, symmetric: bool = True) -> tuple[float, float]:
@@ -132,7 +145,10 @@ def flip(sample: Sample, axis: str) -> Sample:
     xyz = sample.points[:, :3].clone()
     xyz[:, col] = -xyz[:, col]
     boxes = None if sample.boxes is None else sample.boxes.flip(axis)
-    return _with_geometry(sample, xyz, boxes)
+    g = _ground(sample)
+    if g is not None:
+        g = (g[0], -g[1], g[2]) if axis == "x" else (g[0], g[1], -g[2])
+    return _with_geometry(sample, xyz, boxes, g)
 
 
 @TRANSFORMS.register()
@@ -153,7 +169,10 @@ def rotate(sample: Sample, angle: float) -> Sample:
     p = sample.points[:, :3].double()
     xyz = torch.stack([c * p[:, 0] - s * p[:, 1], s * p[:, 0] + c * p[:, 1], p[:, 2]], 1)
     boxes = None if sample.boxes is None else sample.boxes.rotate(angle)
-    return _with_geometry(sample, xyz, boxes)
+    g = _ground(sample)
+    if g is not None:  # the plane's gradient turns with the scene
+        g = (g[0], c * g[1] - s * g[2], s * g[1] + c * g[2])
+    return _with_geometry(sample, xyz, boxes, g)
 
 
 @TRANSFORMS.register()
@@ -172,7 +191,10 @@ class GlobalScaling:
 def scale(sample: Sample, factor: float) -> Sample:
     xyz = sample.points[:, :3].double() * factor
     boxes = None if sample.boxes is None else sample.boxes.scale(factor)
-    return _with_geometry(sample, xyz, boxes)
+    g = _ground(sample)
+    if g is not None:
+        g = (g[0] * factor, g[1], g[2])
+    return _with_geometry(sample, xyz, boxes, g)
 
 
 @TRANSFORMS.register()
@@ -191,7 +213,11 @@ class GlobalTranslation:
 def translate(sample: Sample, offset: Sequence[float]) -> Sample:
     xyz = sample.points[:, :3].double() + torch.tensor(offset, dtype=torch.float64)
     boxes = None if sample.boxes is None else sample.boxes.translate(tuple(offset))
-    return _with_geometry(sample, xyz, boxes)
+    g = _ground(sample)
+    if g is not None:
+        tx, ty, tz = (float(v) for v in offset)
+        g = (g[0] + tz - g[1] * tx - g[2] * ty, g[1], g[2])
+    return _with_geometry(sample, xyz, boxes, g)
 
 
 @TRANSFORMS.register()
