@@ -124,12 +124,13 @@ def range_image_to_points(range_image: np.ndarray, extrinsic: np.ndarray, inclin
 
 def points_to_range_image(points: np.ndarray, extrinsic: np.ndarray, inclinations: np.ndarray, width: int,
                           pixel_pose: np.ndarray | None = None, frame_pose: np.ndarray | None = None,
-                          iterations: int = 3) -> np.ndarray:
+                          iterations: int = 10) -> np.ndarray:
     """Project vehicle-frame points into a range image (the inverse of :func:`range_image_to_points`).
 
     Each point goes to the pixel of nearest beam inclination and azimuth; when several points share a
     pixel the nearest one is kept. With a per-pixel pose the pixel a point lands in decides the pose used
-    to bring it into the lidar frame, so the assignment is refined by a few fixed-point iterations.
+    to bring it into the lidar frame, so the assignment is refined by fixed-point iterations (at most
+    ``iterations``) until no point changes pixel.
 
     Args:
         points: (N, 3 + F) x, y, z in the frame's vehicle frame, then F features.
@@ -151,22 +152,31 @@ def points_to_range_image(points: np.ndarray, extrinsic: np.ndarray, inclination
         pixel_pose = np.asarray(pixel_pose, dtype=np.float64)
     order = np.argsort(inclinations)  # ascending for searchsorted
     sorted_inc = inclinations[order]
-    vehicle = xyz
-    rows = cols = None
-    for _ in range(iterations if pixel_pose is not None else 1):
-        if pixel_pose is not None and rows is not None:
-            # vehicle = R^T (world - t) for the pose of the pixel each point currently lands in
-            m = euler_pose_to_matrix(pixel_pose[rows, cols])
-            vehicle = np.einsum("nji,nj->ni", m[:, :3, :3], world - m[:, :3, 3])
+
+    def assign(vehicle: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sensor = vehicle @ vehicle_from_lidar_inv[:3, :3].T + vehicle_from_lidar_inv[:3, 3]
         az = np.arctan2(sensor[:, 1], sensor[:, 0])
         inc = np.arctan2(sensor[:, 2], np.hypot(sensor[:, 0], sensor[:, 1]))
-        col_f = (1.0 - (az + az_correction) / np.pi) * width / 2.0 - 0.5
-        cols = np.mod(np.rint(col_f).astype(np.int64), width)
+        cols = np.mod(np.rint((1.0 - (az + az_correction) / np.pi) * width / 2.0 - 0.5).astype(np.int64), width)
         j = np.clip(np.searchsorted(sorted_inc, inc), 1, max(h - 1, 1))
         nearer_low = np.abs(inc - sorted_inc[j - 1]) <= np.abs(sorted_inc[np.minimum(j, h - 1)] - inc)
         rows = order[np.where(nearer_low, j - 1, np.minimum(j, h - 1))]
-        rng = np.linalg.norm(sensor, axis=1)
+        return rows, cols, np.linalg.norm(sensor, axis=1)
+
+    rows, cols, rng = assign(xyz)
+    if pixel_pose is not None:
+        # Fixed point: move each point into the vehicle frame of the pixel it lands in, re-project, and
+        # repeat for the points whose pixel changed until none does.
+        active = np.arange(len(xyz))
+        for _ in range(iterations):
+            m = euler_pose_to_matrix(pixel_pose[rows[active], cols[active]])
+            vehicle = np.einsum("nji,nj->ni", m[:, :3, :3], world[active] - m[:, :3, 3])  # R^T (world - t)
+            r2, c2, g2 = assign(vehicle)
+            changed = (r2 != rows[active]) | (c2 != cols[active])
+            rows[active], cols[active], rng[active] = r2, c2, g2
+            active = active[changed]
+            if not len(active):
+                break
     image = np.zeros((h, width, 1 + points.shape[1] - 3), dtype=np.float32)
     # Nearest point wins: write far-to-near so the last write per pixel is the nearest.
     by_range = np.argsort(-rng, kind="stable")
