@@ -118,6 +118,11 @@ def _build_tables(root, version="v1.0-mini", with_annotations=True):
         "ego_pose": [_pose_record(f"ep_{n}", poses[n][0], poses[n][1]) for n in order],
         "category": [{"token": f"cat{i}", "name": n, "index": i} for i, n in enumerate(FINE)],
         "instance": [], "sample_annotation": [], "lidarseg": [],
+        # tables pointwin does not read, present so that nuscenes-devkit can load the set as a cross-check
+        "attribute": [], "visibility": [{"token": "4", "level": "v80-100", "description": ""}],
+        "log": [{"token": "log", "logfile": "", "vehicle": "n015", "date_captured": "2018-07-24",
+                 "location": "singapore-onenorth"}],
+        "map": [{"token": "map", "log_tokens": ["log"], "category": "semantic_prior", "filename": ""}],
     }
     key_to_global = ego2global @ lidar2ego
     expected = []
@@ -315,3 +320,35 @@ def test_real_ten_sweep_cloud():
     assert counts[0] == counts.max()  # the keyframe keeps its near-ego points, sweeps lose them
     with pytest.raises(ValueError, match="not a multiple of 3"):
         load_lidar_points(shared_file(SWEEPS10), num_channels=3, dtype=np.float16)
+
+
+def test_matches_nuscenes_devkit(mini):
+    """The devkit (an independent implementation) loads the same tables: boxes, velocities, lidarseg map agree."""
+    devkit = pytest.importorskip("nuscenes.nuscenes")
+    from nuscenes.eval.lidarseg.utils import LidarsegClassMapper
+
+    root, key, expected, fine, stamps, result = mini
+    nusc = devkit.NuScenes(version="v1.0-mini", dataroot=str(root), verbose=False)
+    info = result["mini_train"][1]
+    _, boxes, _ = nusc.get_sample_data("sd_s1")
+    sd = nusc.get("sample_data", "sd_s1")
+    cs, pose = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"]), nusc.get("ego_pose", sd["ego_pose_token"])
+    from pyquaternion import Quaternion
+
+    by_token = {t: i for i, t in enumerate(info["annos"]["tokens"])}
+    ours = np.asarray(info["annos"]["boxes"])
+    assert len(boxes) == len(ours) == 69
+    for box in boxes:
+        b = ours[by_token[box.token]]
+        np.testing.assert_allclose(b[:3], box.center, atol=1e-6)
+        np.testing.assert_allclose(b[3:6], [box.wlh[1], box.wlh[0], box.wlh[2]])
+        assert abs((b[6] - box.orientation.yaw_pitch_roll[0] + math.pi) % (2 * math.pi) - math.pi) < 1e-6
+        v = nusc.box_velocity(box.token)
+        if np.isnan(v).any():
+            assert not info["annos"]["velocity_valid"][by_token[box.token]]
+            continue
+        v = Quaternion(cs["rotation"]).inverse.rotate(Quaternion(pose["rotation"]).inverse.rotate(v))
+        np.testing.assert_allclose(b[7:9], v[:2], atol=1e-6)
+    fine_to_coarse = LidarsegClassMapper(nusc).get_fine_idx_2_coarse_idx()
+    ours_map = json.loads((root / "infos" / "nuscenes_infos_v1.0-mini_mini_train.json").read_text())
+    assert ours_map["metadata"]["lidarseg_map"] == [fine_to_coarse[i] - 1 for i in range(len(FINE))]
