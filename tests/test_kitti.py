@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from pointwin.datasets.base import InfoDataset
 from pointwin.datasets.kitti import (
     KittiDataset,
     camera_boxes_to_lidar,
+    create_kitti_infos,
     lidar_boxes_to_camera,
     read_calib,
     read_label,
@@ -107,3 +109,18 @@ def test_bad_files_name_themselves(tmp_path):
         read_velodyne(tmp_path / "scan.bin")
     with pytest.raises(FileNotFoundError, match="no velodyne"):
         KittiDataset(tmp_path)
+
+
+def test_info_files_read_back_like_the_raw_reader(kitti_root, tmp_path):
+    paths = create_kitti_infos(kitti_root, tmp_path, progress=False)
+    assert list(paths) == ["all"]
+    info_ds = InfoDataset(paths["all"], class_names=("Car", "Pedestrian", "Cyclist"))
+    raw = KittiDataset(kitti_root)
+    assert len(info_ds) == len(raw) == 3
+    for i in range(3):
+        a, b = info_ds[i], raw[i]
+        assert a.frame_id == b.frame_id
+        torch.testing.assert_close(a.points, b.points, rtol=0, atol=0)
+        torch.testing.assert_close(a.boxes.tensor, b.boxes.tensor, rtol=0, atol=0)
+        assert a.labels.tolist() == b.labels.tolist() and a.meta["difficulty"] == b.meta["difficulty"]
+        assert a.meta["num_lidar_pts"] == points_in_boxes(a.points, a.boxes).sum(1).tolist()

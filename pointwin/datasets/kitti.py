@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from ..structures import Boxes3D, Sample
-from .base import DATASETS, PointDataset
+from ._raycast import points_in_boxes_np
+from .base import DATASETS, PointDataset, atomic_write_json
 
 KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
 CHANNELS = ("x", "y", "z", "intensity")
@@ -234,6 +235,48 @@ class KittiDataset(PointDataset):
                     "bbox": [list(o.bbox) for o in objs]}
         return Sample(points=torch.from_numpy(points), channels=CHANNELS, frame_id=fid, boxes=boxes, labels=labels,
                       meta=meta)
+
+
+def create_kitti_infos(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                       split: str | None = None, progress: bool = True) -> dict[str, Path]:
+    """Write pointwin info files (JSON, see :mod:`pointwin.datasets.base`) for KITTI.
+
+    One ``kitti_infos_<split>.json`` per ``ImageSets/<split>.txt`` list found (train, val, trainval,
+    test), or one ``kitti_infos_all.json`` over every scan when there are no lists (or for
+    ``split="all"``). Points stay where they are (paths are relative to ``out_dir``). Every labelled
+    class except DontCare is kept, with ``num_lidar_pts`` (points inside each box) and the KITTI
+    difficulty in ``meta``; :class:`~pointwin.datasets.base.InfoDataset` picks classes when reading.
+    """
+    from tqdm import tqdm
+
+    root = Path(root)
+    out = Path(out_dir) if out_dir is not None else root
+    if split is not None:
+        splits = [split]
+    else:
+        splits = [s for s in ("train", "val", "trainval", "test") if (root / "ImageSets" / f"{s}.txt").is_file()]
+        splits = splits or ["all"]
+    written = {}
+    for sp in splits:
+        ds = KittiDataset(root, split=None if sp == "all" else sp, class_names=KITTI_CLASSES)
+        frames = []
+        for i in tqdm(range(len(ds)), desc=f"kitti {sp}", disable=not progress):
+            sample = ds.get_sample(i)
+            velo = ds.dir / "velodyne" / f"{ds.frame_ids[i]}.bin"
+            frame = {"frame_id": sample.frame_id, "points_path": Path(os.path.relpath(velo, out)).as_posix(),
+                     "num_points": len(sample.points)}
+            if sample.boxes is not None:
+                boxes = sample.boxes.tensor.numpy()
+                counts = points_in_boxes_np(sample.points.numpy(), boxes).sum(1) if len(boxes) else np.zeros(0)
+                frame["boxes"] = boxes.tolist()
+                frame["labels"] = [KITTI_CLASSES[k] for k in sample.labels.tolist()]
+                frame["meta"] = {**sample.meta, "num_lidar_pts": [int(c) for c in counts]}
+            frames.append(frame)
+        path = out / f"kitti_infos_{sp}.json"
+        atomic_write_json(path, {"format": "pointwin.infos", "version": 1, "dataset": "kitti", "split": sp,
+                                 "class_names": list(KITTI_CLASSES), "channels": list(CHANNELS), "frames": frames})
+        written[sp] = path
+    return written
 
 
 def yaw_from_rotation_y(ry: float) -> float:
