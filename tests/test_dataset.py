@@ -59,6 +59,14 @@ def test_create_synthetic_matches_on_the_fly_and_resumes(tmp_path):
     assert json.loads(frames[1].read_text()) == json.loads(lost)
     with pytest.raises(ValueError, match="different settings"):
         create_synthetic(tmp_path, num_train=2, num_val=1, seed=4, scene=TINY, progress=False)
+    # two worker processes write the same files
+    par = tmp_path / "parallel"
+    create_synthetic(par, num_train=2, num_val=1, seed=3, scene=TINY, workers=2, progress=False)
+    for split in ("train", "val"):
+        name = f"synthetic_infos_{split}.json"
+        assert json.loads((par / name).read_text()) == json.loads((tmp_path / name).read_text())
+        fid = json.loads((par / name).read_text())["frames"][0]["points_path"]
+        np.testing.assert_array_equal(np.load(par / fid), np.load(tmp_path / fid))
 
 
 def test_info_dataset_filters_classes_and_checks_files(tmp_path):

@@ -155,7 +155,7 @@ class GTSampling:
             c = obj["class"]
             if c not in self.pools:
                 continue
-            need = min_points[c] if isinstance(min_points, Mapping) else min_points
+            need = min_points.get(c, 1) if isinstance(min_points, Mapping) else min_points
             if obj["num_points"] < need or obj.get("meta", {}).get("difficulty") in bad_diff:
                 continue
             self.pools[c].append(obj)

@@ -580,21 +580,43 @@ class SyntheticDataset(PointDataset):
         return scene_to_sample(scene, self.frame_id(index))
 
 
+def _write_frame(out: Path, split: str, index: int, seed: int, cfg: SceneConfig, points_format: str,
+                 frame_id: str) -> dict[str, Any]:
+    """Generate one frame, write its points, point labels and info file; return the info."""
+    scene = generate_scene(frame_seed(split, index, seed), cfg)
+    rel = Path("points") / split / f"{frame_id}.{points_format}"
+    rel_lab = Path("point_labels") / split / f"{frame_id}.npy"
+    save_points(out / rel, scene.points)
+    save_points(out / rel_lab, scene.point_labels.astype(np.uint8))
+    info = {"frame_id": frame_id, "points_path": rel.as_posix(), "num_points": int(len(scene.points)),
+            "point_labels_path": rel_lab.as_posix(),
+            "boxes": scene.boxes.tolist(), "labels": [CLASS_NAMES[k] for k in scene.labels],
+            "meta": {"num_lidar_pts": scene.num_lidar_pts.tolist(), "seed": list(frame_seed(split, index, seed)),
+                     "ground": list(scene.ground)}}
+    atomic_write_json(out / "frames" / split / f"{frame_id}.json", info)
+    return info
+
+
 def create_synthetic(out_dir: str | os.PathLike, num_train: int = 200, num_val: int = 50, seed: int = 0,
                      scene: SceneConfig | dict[str, Any] | None = None, points_format: str = "npy",
-                     progress: bool = True) -> dict[str, Path]:
+                     workers: int = 0, progress: bool = True) -> dict[str, Path]:
     """Write synthetic frames and their infos to ``out_dir``; returns the info file of each split.
 
     Layout: ``points/<split>/<frame_id>.npy`` (float32 (N, 4)), ``point_labels/<split>/<frame_id>.npy``
     (uint8), ``frames/<split>/<frame_id>.json`` (per-frame info) and ``synthetic_infos_<split>.json``.
     Every file is written to a temporary name and renamed, so an interrupted run resumes where it
     stopped: frames whose info file exists are skipped. A different config in an existing folder is
-    refused rather than mixed in.
+    refused rather than mixed in. ``workers > 1`` generates frames in that many processes (the output
+    does not depend on it).
     """
+    from concurrent.futures import ProcessPoolExecutor
+
     from tqdm import tqdm
 
     out = Path(out_dir)
     cfg = SceneConfig.from_dict(scene)
+    if points_format not in ("npy", "bin"):
+        raise ValueError(f"create_synthetic: points_format must be 'npy' or 'bin', got {points_format!r}")
     out.mkdir(parents=True, exist_ok=True)
     settings = {"seed": int(seed), "scene": cfg.to_dict(), "points_format": points_format}
     settings_path = out / "synthetic_settings.json"
@@ -606,33 +628,34 @@ def create_synthetic(out_dir: str | os.PathLike, num_train: int = 200, num_val: 
     else:
         atomic_write_json(settings_path, settings)
 
+    pool = ProcessPoolExecutor(workers) if workers > 1 else None
     written = {}
-    for split, n in (("train", num_train), ("val", num_val)):
-        ds = SyntheticDataset(split, num_frames=n, seed=seed, scene=cfg)
-        frames = []
-        for i in tqdm(range(n), desc=f"synthetic {split}", disable=not progress):
-            fid = ds.frame_id(i)
-            info_path = out / "frames" / split / f"{fid}.json"
-            if info_path.exists():
-                frames.append(read_json(info_path))
-                continue
-            scene_i = generate_scene(frame_seed(split, i, seed), cfg)
-            rel = Path("points") / split / f"{fid}.{points_format}"
-            rel_lab = Path("point_labels") / split / f"{fid}.npy"
-            save_points(out / rel, scene_i.points)
-            save_points(out / rel_lab, scene_i.point_labels.astype(np.uint8))
-            info = {"frame_id": fid, "points_path": rel.as_posix(), "num_points": int(len(scene_i.points)),
-                    "point_labels_path": rel_lab.as_posix(),
-                    "boxes": scene_i.boxes.tolist(), "labels": [CLASS_NAMES[k] for k in scene_i.labels],
-                    "meta": {"num_lidar_pts": scene_i.num_lidar_pts.tolist(), "seed": list(frame_seed(split, i, seed)),
-                             "ground": list(scene_i.ground)}}
-            atomic_write_json(info_path, info)
-            frames.append(info)
-        path = out / f"synthetic_infos_{split}.json"
-        atomic_write_json(path, {"format": "pointwin.infos", "version": 1, "dataset": "synthetic", "split": split,
-                                 "class_names": list(CLASS_NAMES), "channels": list(CHANNELS),
-                                 "point_label_names": list(SEG_CLASSES), "frames": frames})
-        written[split] = path
+    try:
+        for split, n in (("train", num_train), ("val", num_val)):
+            ds = SyntheticDataset(split, num_frames=n, seed=seed, scene=cfg)
+            frames: list[Any] = []
+            for i in range(n):
+                fid = ds.frame_id(i)
+                info_path = out / "frames" / split / f"{fid}.json"
+                if info_path.exists():
+                    frames.append(read_json(info_path))
+                elif pool is not None:
+                    frames.append(pool.submit(_write_frame, out, split, i, seed, cfg, points_format, fid))
+                else:
+                    frames.append((i, fid))
+            for j, fr in enumerate(tqdm(frames, desc=f"synthetic {split}", disable=not progress)):
+                if isinstance(fr, tuple):
+                    frames[j] = _write_frame(out, split, fr[0], seed, cfg, points_format, fr[1])
+                elif not isinstance(fr, dict):
+                    frames[j] = fr.result()
+            path = out / f"synthetic_infos_{split}.json"
+            atomic_write_json(path, {"format": "pointwin.infos", "version": 1, "dataset": "synthetic",
+                                     "split": split, "class_names": list(CLASS_NAMES), "channels": list(CHANNELS),
+                                     "point_label_names": list(SEG_CLASSES), "frames": frames})
+            written[split] = path
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return written
 
 
