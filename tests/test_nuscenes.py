@@ -158,8 +158,13 @@ def _build_tables(root, version="v1.0-mini", with_annotations=True):
 def mini(tmp_path_factory):
     root = tmp_path_factory.mktemp("nuscenes")
     key, expected, fine, stamps = _build_tables(root)
-    result = create_nuscenes_infos(root, "v1.0-mini", out=root / "infos", max_sweeps=10)
-    return root, key, expected, fine, stamps, result
+    paths = create_nuscenes_infos(root, "v1.0-mini", out=root / "infos", max_sweeps=10)
+    assert paths["mini_train"] == root / "infos" / "nuscenes_infos_v1.0-mini_mini_train.json"
+    return root, key, expected, fine, stamps, _read(paths)
+
+
+def _read(paths):
+    return {split: json.loads(path.read_text())["infos"] for split, path in paths.items()}
 
 
 def test_infos_structure_and_sweeps(mini):
@@ -174,7 +179,7 @@ def test_infos_structure_and_sweeps(mini):
     assert infos[0]["sweeps"] == []
     on_disk = json.loads((root / "infos" / "nuscenes_infos_v1.0-mini_mini_train.json").read_text())
     assert on_disk["infos"] == json.loads(json.dumps(infos)) and on_disk["metadata"]["max_sweeps"] == 10
-    two = create_nuscenes_infos(root, "v1.0-mini", out=root / "infos2", max_sweeps=2)
+    two = _read(create_nuscenes_infos(root, "v1.0-mini", out=root / "infos2", max_sweeps=2))
     assert [s["sample_data_token"] for s in two["mini_train"][1]["sweeps"]] == ["sd_b", "sd_a"]
 
 
@@ -264,7 +269,7 @@ def test_lidarseg_labels_map_to_16_classes(mini):
 
 def test_test_split_without_annotations(tmp_path):
     _build_tables(tmp_path, version="v1.0-test", with_annotations=False)
-    result = create_nuscenes_infos(tmp_path, "v1.0-test")
+    result = _read(create_nuscenes_infos(tmp_path, "v1.0-test"))
     assert list(result) == ["test"] and len(result["test"]) == 3
     assert all("annos" not in i for i in result["test"])
     ds = NuScenesDataset(tmp_path, tmp_path / "nuscenes_infos_v1.0-test_test.json", num_sweeps=1)
@@ -352,3 +357,17 @@ def test_matches_nuscenes_devkit(mini):
     fine_to_coarse = LidarsegClassMapper(nusc).get_fine_idx_2_coarse_idx()
     ours_map = json.loads((root / "infos" / "nuscenes_infos_v1.0-mini_mini_train.json").read_text())
     assert ours_map["metadata"]["lidarseg_map"] == [fine_to_coarse[i] - 1 for i in range(len(FINE))]
+
+
+def test_dataset_transforms_keep_points_and_boxes_consistent(mini):
+    root, *_ = mini
+    path = root / "infos" / "nuscenes_infos_v1.0-mini_mini_train.json"
+    plain = NuScenesDataset(root, path, num_sweeps=1)[1]
+    flipped = NuScenesDataset(root, path, num_sweeps=1,
+                              transforms=[{"type": "RandomFlip", "axes": ["y"], "prob": 1.0}])[1]
+    np.testing.assert_allclose(flipped.points[:, 1].numpy(), -plain.points[:, 1].numpy())
+    np.testing.assert_allclose(flipped.boxes.tensor[:, 1].numpy(), -plain.boxes.tensor[:, 1].numpy())
+    np.testing.assert_allclose(flipped.boxes.tensor[:, 8].numpy(), -plain.boxes.tensor[:, 8].numpy())
+    before = points_in_boxes(plain.points.double(), plain.boxes.tensor.double()).sum(1)
+    after = points_in_boxes(flipped.points.double(), flipped.boxes.tensor.double()).sum(1)
+    assert torch.equal(before, after)

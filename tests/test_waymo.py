@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections import Counter
@@ -494,7 +495,9 @@ def test_convert_v1_sharded_resumable(tmp_path, monkeypatch):
 
     src = _v1_segments(tmp_path, 3)
     out = tmp_path / "out"
-    infos0 = convert.create_waymo_infos(src, out, shard=(0, 2), workers=1, progress=False)
+    path0 = convert.create_waymo_infos(src, out, shard=(0, 2), workers=1, progress=False)
+    assert path0 == out / "waymo_infos_shard0of2.json"
+    infos0 = json.loads(path0.read_text())
     assert sorted({i["segment"] for i in infos0}) == ["segment-0", "segment-2"]
     assert not (out / "segment-1").exists()
 
@@ -517,7 +520,7 @@ def test_convert_v1_sharded_resumable(tmp_path, monkeypatch):
 
     # ... and the rerun converts it while skipping the finished ones (their files are untouched)
     stamp = (out / "segment-0" / "infos.json").stat().st_mtime_ns
-    infos1 = convert.create_waymo_infos(src, out, shard=(1, 2), workers=1, progress=False)
+    infos1 = json.loads(convert.create_waymo_infos(src, out, shard=(1, 2), workers=1, progress=False).read_text())
     assert [i["segment"] for i in infos1] == ["segment-1", "segment-1"]
     convert.create_waymo_infos(src, out, shard=(0, 2), workers=1, progress=False)
     assert (out / "segment-0" / "infos.json").stat().st_mtime_ns == stamp
@@ -553,7 +556,7 @@ def test_convert_v2_with_process_pool(tmp_path):
     for name in ("segA", "segB"):
         frame, _ = _make_frame_with_range_images(seed=len(name))
         _write_v2_segment(tmp_path / "v2", name, frame)
-    infos = create_waymo_infos(tmp_path / "v2", tmp_path / "out", workers=2, progress=False)
+    infos = json.loads(create_waymo_infos(tmp_path / "v2", tmp_path / "out", workers=2, progress=False).read_text())
     assert [i["segment"] for i in infos] == ["segA", "segB"]
     assert infos[0]["annos"]["names"] == ["Vehicle", "Pedestrian"]
     assert infos[0]["annos"]["num_lidar_points_in_box"] == [120, 0]

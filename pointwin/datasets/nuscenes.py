@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..structures import Boxes3D, Sample
+from .base import DATASETS, PointDataset
 
 __all__ = ["CATEGORY_TO_DETECTION", "DETECTION_CLASSES", "LIDARSEG_CLASSES", "LIDARSEG_FINE_TO_COARSE",
            "NuScenesDataset", "NuScenesTables", "aggregate_sweeps", "box_velocity", "cbgs_indices",
@@ -238,7 +239,7 @@ def _lidarseg_map(tables: NuScenesTables) -> list[int]:
 
 def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval", out: str | os.PathLike | None = None,
                           max_sweeps: int = 10, splits: dict[str, Sequence[str]] | None = None,
-                          ) -> dict[str, list[dict]]:
+                          ) -> dict[str, Path]:
     """Build the info lists of every split of ``version`` and write ``nuscenes_infos_<version>_<split>.json``.
 
     Args:
@@ -247,7 +248,7 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
         max_sweeps: previous LIDAR_TOP sweeps recorded per keyframe.
         splits: ``{split name: [scene names]}``; default the official split of ``version``.
     Returns:
-        ``{split: infos}``.
+        ``{split: path of the written info file}``.
     """
     tables = NuScenesTables(root, version)
     splits = dict(splits) if splits is not None else _scene_splits(version, tables)
@@ -317,6 +318,7 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
     out = Path(out) if out is not None else Path(root)
     out.mkdir(parents=True, exist_ok=True)
     seg_map = _lidarseg_map(tables)
+    paths = {}
     for split, infos in result.items():
         doc = {"metadata": {"version": version, "split": split, "max_sweeps": max_sweeps,
                             "class_names": list(DETECTION_CLASSES), "lidarseg_classes": list(LIDARSEG_CLASSES),
@@ -325,7 +327,8 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)
-    return result
+        paths[split] = path
+    return paths
 
 
 # ---- points -----------------------------------------------------------------------------------------------
@@ -389,7 +392,8 @@ def cbgs_indices(infos: Sequence[dict], class_names: Sequence[str], seed: int = 
     return out
 
 
-class NuScenesDataset(torch.utils.data.Dataset):
+@DATASETS.register()
+class NuScenesDataset(PointDataset):
     """nuScenes keyframes as :class:`~pointwin.structures.Sample` with multi-sweep points.
 
     Points are float32 (N, 5) ``x, y, z, intensity, time_lag`` in the keyframe lidar frame; boxes
@@ -403,6 +407,7 @@ class NuScenesDataset(torch.utils.data.Dataset):
         cbgs: class-balanced resampling of the frame list (see :func:`cbgs_indices`), seeded by ``seed``.
         with_lidarseg: load the keyframe's lidarseg labels mapped to the 16 challenge classes as
             ``point_labels`` (-1 = ignore, and for sweep points).
+        transforms, aug_seed: augmentations, see :class:`~pointwin.datasets.base.PointDataset`.
     """
 
     channels = ("x", "y", "z", "intensity", "time_lag")
@@ -410,7 +415,8 @@ class NuScenesDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | os.PathLike, info_path: str | os.PathLike,
                  class_names: Sequence[str] = DETECTION_CLASSES, num_sweeps: int = 10, with_velocity: bool = True,
                  filter_empty: bool = True, cbgs: bool = False, seed: int = 0, with_lidarseg: bool = False,
-                 remove_close: float = 1.0) -> None:
+                 remove_close: float = 1.0, transforms=None, aug_seed: int = 0) -> None:
+        super().__init__(transforms, aug_seed)
         self.root = Path(root)
         doc = json.loads(Path(info_path).read_text())
         if not isinstance(doc, dict) or "infos" not in doc:
@@ -426,7 +432,7 @@ class NuScenesDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> Sample:
+    def get_sample(self, index: int) -> Sample:
         info = self.infos[self.indices[index]]
         points, n_key = aggregate_sweeps(self.root, info, self.num_sweeps, self.remove_close)
         boxes = labels = None

@@ -172,13 +172,20 @@ def convert_segment(kind: str, source: str, segment: str, out: str | os.PathLike
     return len(infos)
 
 
-def create_waymo_infos(src: str | os.PathLike, out: str | os.PathLike, shard: tuple[int, int] = (0, 1),
-                       workers: int = 4, progress: bool = True) -> list[dict]:
-    """Convert the segments of shard ``shard = (i, n)`` under ``src`` into ``out``; returns the shard's infos.
+def create_waymo_infos(src: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+                       shard: tuple[int, int] = (0, 1), workers: int = 4, progress: bool = True,
+                       root: str | os.PathLike | None = None) -> Path:
+    """Convert the segments of shard ``shard = (i, n)`` under ``src`` into ``out``.
 
     Finished segments are skipped, so re-running after an interruption resumes. ``workers <= 1`` runs in
-    this process. Writes ``out/waymo_infos_shard<i>of<n>.json``.
+    this process. Writes and returns ``out/waymo_infos_shard<i>of<n>.json`` (the shard's frame infos).
+    ``root`` is accepted as another name for ``src`` (the CLI passes ``root=``); ``out`` defaults to ``src``.
     """
+    if src is None:
+        src = root
+    if src is None:
+        raise TypeError("create_waymo_infos needs src (a folder of v1 .tfrecord files or a v2 root)")
+    out = src if out is None else out
     i, n = shard
     if not (n >= 1 and 0 <= i < n):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
@@ -212,8 +219,9 @@ def create_waymo_infos(src: str | os.PathLike, out: str | os.PathLike, shard: tu
     infos = []
     for seg in mine:
         infos.extend(json.loads((out / seg / "infos.json").read_text()))
-    _write_json(out / f"waymo_infos_shard{i}of{n}.json", infos)
-    return infos
+    path = out / f"waymo_infos_shard{i}of{n}.json"
+    _write_json(path, infos)
+    return path
 
 
 def merge_waymo_infos(out: str | os.PathLike, name: str = "waymo_infos.json") -> list[dict]:
@@ -250,8 +258,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--merge", action="store_true", help="also write waymo_infos.json over all finished segments")
     args = ap.parse_args(argv)
-    infos = create_waymo_infos(args.src, args.out, shard=parse_shard(args.shard), workers=args.workers)
-    print(f"{len(infos)} frames in shard {args.shard} under {args.out}")
+    path = create_waymo_infos(args.src, args.out, shard=parse_shard(args.shard), workers=args.workers)
+    print(f"{len(json.loads(path.read_text()))} frames in shard {args.shard}: {path}")
     if args.merge:
         print(f"{len(merge_waymo_infos(args.out))} frames in {Path(args.out) / 'waymo_infos.json'}")
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ...structures import Boxes3D, Sample
+from ..base import DATASETS, PointDataset
 
 __all__ = ["WAYMO_SEG_CLASSES", "WaymoDataset"]
 
@@ -19,7 +20,8 @@ WAYMO_SEG_CLASSES = ("car", "truck", "bus", "other_vehicle", "motorcyclist", "bi
                      "tree_trunk", "curb", "road", "lane_marker", "other_ground", "walkable", "sidewalk")
 
 
-class WaymoDataset(torch.utils.data.Dataset):
+@DATASETS.register()
+class WaymoDataset(PointDataset):
     """Frames of a converted Waymo split as :class:`~pointwin.structures.Sample`.
 
     Args:
@@ -33,13 +35,16 @@ class WaymoDataset(torch.utils.data.Dataset):
         intensity_tanh: apply tanh to intensity (Waymo intensities are unbounded).
         with_segmentation: return ``point_labels`` = semantic class - 1 (indices into ``WAYMO_SEG_CLASSES``;
             -1 for undefined/unlabelled points); frames without labels raise.
+        transforms, aug_seed: augmentations, see :class:`~pointwin.datasets.base.PointDataset`.
     """
 
     def __init__(self, root: str | os.PathLike, info_path: str | os.PathLike | None = None,
                  class_names: tuple[str, ...] = ("Vehicle", "Pedestrian", "Cyclist"),
                  channels: tuple[str, ...] = ("x", "y", "z", "intensity", "elongation"),
                  drop_nlz_points: bool = True, min_points_in_box: int = 1, with_velocity: bool = False,
-                 intensity_tanh: bool = True, with_segmentation: bool = False) -> None:
+                 intensity_tanh: bool = True, with_segmentation: bool = False, transforms=None,
+                 aug_seed: int = 0) -> None:
+        super().__init__(transforms, aug_seed)
         self.root = Path(root)
         path = Path(info_path) if info_path is not None else self.root / "waymo_infos.json"
         if not path.exists():
@@ -56,7 +61,7 @@ class WaymoDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.infos)
 
-    def __getitem__(self, index: int) -> Sample:
+    def get_sample(self, index: int) -> Sample:
         info = self.infos[index]
         stored = tuple(info["channels"])
         missing = [c for c in self.channels if c not in stored]
@@ -96,6 +101,5 @@ class WaymoDataset(torch.utils.data.Dataset):
                       point_labels=None if point_labels is None else torch.from_numpy(point_labels),
                       meta={"timestamp_micros": info["timestamp_micros"], "context_name": info["context_name"],
                             "difficulty": [d for d, k in zip(annos["difficulty"], keep) if k],
-                            "num_lidar_points_in_box": [d for d, k in zip(annos["num_lidar_points_in_box"], keep)
-                                                        if k],
+                            "num_lidar_pts": [d for d, k in zip(annos["num_lidar_points_in_box"], keep) if k],
                             "pose": info["pose"]})
