@@ -487,3 +487,39 @@ def test_generic_evaluator_hand_cases():
         evaluate_detections([(shifted, np.array([0, 0]), np.array([0.9, 0.8]))], gt, ["Car"], iou_thresholds={"Bus": 1})
     with pytest.raises(ValueError, match="results for"):
         evaluate_detections([], gt, ["Car"])
+
+
+def test_numba_hungarian_matches_scipy():
+    from pointwin.evaluation.detection import _max_weight_assignment
+
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n, m = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        w = np.where(rng.random((n, m)) < 0.5, np.rint(rng.uniform(5e5, 1e6, (n, m))), 0.0)
+        rows, cols = linear_sum_assignment(w, maximize=True)
+        best = w[rows, cols].sum()
+        if n <= m:
+            rc = _max_weight_assignment(w)
+            got = sum(w[r, c] for r, c in enumerate(rc) if c >= 0)
+            assert len(set(c for c in rc if c >= 0)) == sum(c >= 0 for c in rc)
+        else:
+            cr = _max_weight_assignment(w.T.copy())
+            got = sum(w[r, c] for c, r in enumerate(cr) if r >= 0)
+        assert got == best
+
+
+def test_many_components_counts():
+    """Tens of thousands of competing pairs (component labels beyond int32 key products)."""
+    n = 30_000
+    # component i: predictions 2i (score 0.9, IoU 0.8) and 2i+1 (score 0.3, IoU 0.9) on ground truth i
+    scores = np.tile([0.9, 0.3], n)
+    ep = np.arange(2 * n)
+    eg = np.repeat(np.arange(n), 2)
+    iou = np.tile([0.8, 0.9], n)
+    ha = np.tile([1.0, 0.5], n)
+    c = match_counts(1, len(SCORE_CUTOFFS), (1,), np.zeros(2 * n, int), cutoff_counts(scores), np.zeros(2 * n, bool),
+                     np.zeros(n, int), np.ones(n, int), ep, eg, iou, ha)
+    # at cut-offs <= 0.3 the better-overlapping low-score box is matched (APH weight 0.5), the other is a FP
+    assert c.tp[0, 0] == n and c.fp[0, 0] == n and c.sum_ha[0, 0] == pytest.approx(0.5 * n)
+    assert c.tp[0, 50] == n and c.fp[0, 50] == 0 and c.sum_ha[0, 50] == pytest.approx(n)
+    assert c.tp[0, 95] == 0 and c.fn[0, 0, 95] == n and c.fn[0, 0, 0] == 0

@@ -19,8 +19,9 @@ Waymo metrics library (``metrics/detection_metrics.cc``, ``matcher.cc``, ``metri
 
 Speed: matching decomposes into connected components of the "IoU >= threshold" graph. Isolated
 predictions and ground truths and one-to-one pairs (the vast majority) are counted for all cut-offs
-at once with numpy; only components with competing boxes call ``scipy.optimize.linear_sum_assignment``
-once per distinct set of surviving predictions (at most one per member score, not one per cut-off).
+at once with numpy; only components with competing boxes are solved by an optimal assignment
+once per distinct set of surviving predictions (at most one per member score, not one per cut-off),
+with a Hungarian algorithm compiled by numba (tests check it against ``scipy.optimize.linear_sum_assignment``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 #: The 101 score cut-offs 0.00, 0.01, ..., 0.99, 1.00 of the official configuration (float32 like the proto).
@@ -96,7 +98,6 @@ def match_counts(
         edge_pred, edge_gt: int (E,) pairs that may match: same frame, same shard, IoU >= the class threshold.
         edge_iou: float (E,) their IoU; edge_ha: float (E,) their heading accuracy.
     """
-    from scipy.optimize import linear_sum_assignment
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -129,6 +130,7 @@ def match_counts(
 
     graph = coo_matrix((np.ones(len(edge_pred)), (edge_pred, n_pred + edge_gt)), shape=(n_pred + n_gt,) * 2)
     _, comp = connected_components(graph, directed=False)
+    comp = comp.astype(np.int64)  # labels come as int32; keys below multiply them
     deg = np.bincount(np.concatenate([edge_pred, n_pred + edge_gt]), minlength=n_pred + n_gt)
     comp_edges = np.bincount(comp[edge_pred], minlength=comp.max() + 1 if len(comp) else 0)
 
@@ -157,51 +159,141 @@ def match_counts(
         he_c = comp[he_p]
         order = np.argsort(he_c, kind="stable")
         he_p, he_g, he_w, he_h, he_c = he_p[order], he_g[order], he_w[order], he_h[order], he_c[order]
-        bounds = np.flatnonzero(np.diff(he_c)) + 1
-        starts = np.concatenate([[0], bounds])
-        stops = np.concatenate([bounds, [len(he_c)]])
-        for a, b in zip(starts.tolist(), stops.tolist()):
-            _count_component(he_p[a:b], he_g[a:b], he_w[a:b], he_h[a:b], pred_shard, pred_active, pred_ignore_fp,
-                             gt_counts_at, k, d_tp, d_fp, d_ha, d_fn, linear_sum_assignment)
+        comps, e_start = np.unique(he_c, return_index=True)
+        e_start = np.append(e_start, len(he_c)).astype(np.int64)
+        ci = np.searchsorted(comps, he_c)
+        # members of each component, with local indices (the rows / columns of its weight matrix)
+        up, local_p = np.unique(he_c * (n_pred + 1) + he_p, return_inverse=True)
+        ug, local_g = np.unique(he_c * (n_gt + 1) + he_g, return_inverse=True)
+        p_start = np.append(np.searchsorted(up // (n_pred + 1), comps), len(up)).astype(np.int64)
+        g_start = np.append(np.searchsorted(ug // (n_gt + 1), comps), len(ug)).astype(np.int64)
+        local_p = (local_p - p_start[ci]).astype(np.int64)
+        local_g = (local_g - g_start[ci]).astype(np.int64)
+        _hard_components(e_start, local_p, local_g, he_w.astype(np.float64), he_h, p_start,
+                         (up % (n_pred + 1)).astype(np.int64), g_start, (ug % (n_gt + 1)).astype(np.int64),
+                         pred_shard, pred_active, pred_ignore_fp, gt_counts_at, k, d_tp, d_fp, d_ha, d_fn)
 
     return MatchCounts(np.cumsum(d_tp, -1)[:, :k], np.cumsum(d_fp, -1)[:, :k], np.cumsum(d_ha, -1)[:, :k],
                        np.cumsum(d_fn, -1)[..., :k])
 
 
-def _count_component(ep, eg, ew, eh, pred_shard, pred_active, pred_ignore_fp, gt_counts_at, k,
-                     d_tp, d_fp, d_ha, d_fn, linear_sum_assignment) -> None:
-    """Add the counts of one connected component (edges ep-eg) to the difference arrays."""
-    preds, pi = np.unique(ep, return_inverse=True)
-    gts, gi = np.unique(eg, return_inverse=True)
-    shard = pred_shard[preds[0]]
-    w = np.zeros((len(preds), len(gts)), np.int64)
-    ha = np.zeros((len(preds), len(gts)), np.float64)
-    w[pi, gi] = ew
-    ha[pi, gi] = eh
-    active = pred_active[preds]
-    bounds = np.unique(np.concatenate([[0], active, [k]]))
-    for start, stop in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
-        alive = np.flatnonzero(active > start)  # the same set for every cut-off in [start, stop)
-        gt_matched = np.zeros(len(gts), bool)
-        if len(alive):
-            rows, cols = linear_sum_assignment(w[alive], maximize=True)
-            ok = w[alive[rows], cols] > 0
-            rows, cols = rows[ok], cols[ok]
-            gt_matched[cols] = True
-            n_fp = len(alive) - len(rows)
-            if n_fp:
-                unmatched = np.setdiff1d(np.arange(len(alive)), rows)
-                n_fp = int(np.sum(~pred_ignore_fp[preds[alive[unmatched]]]))
-            d_tp[shard, start] += len(rows)
-            d_tp[shard, stop] -= len(rows)
-            h = float(ha[alive[rows], cols].sum())
-            d_ha[shard, start] += h
-            d_ha[shard, stop] -= h
-            d_fp[shard, start] += n_fp
-            d_fp[shard, stop] -= n_fp
-        fn = gt_counts_at[gts[~gt_matched]].sum(0)
-        d_fn[shard, :, start] += fn
-        d_fn[shard, :, stop] -= fn
+@numba.njit(cache=True)
+def _max_weight_assignment(w):  # pragma: no cover - numba
+    """Rows matched to columns maximising the summed weight of w (R, C) (Hungarian, potentials).
+
+    Returns (R,) column per row (-1: none). Shortest augmenting paths on cost -w, rows <= columns
+    (the caller transposes otherwise).
+    """
+    n, m = w.shape
+    u = np.zeros(n + 1)
+    v = np.zeros(m + 1)
+    p = np.zeros(m + 1, np.int64)
+    way = np.zeros(m + 1, np.int64)
+    for i in range(1, n + 1):
+        p[0] = i
+        j0 = 0
+        minv = np.full(m + 1, np.inf)
+        used = np.zeros(m + 1, np.bool_)
+        while True:
+            used[j0] = True
+            i0 = p[j0]
+            delta = np.inf
+            j1 = 0
+            for j in range(1, m + 1):
+                if not used[j]:
+                    cur = -w[i0 - 1, j - 1] - u[i0] - v[j]
+                    if cur < minv[j]:
+                        minv[j] = cur
+                        way[j] = j0
+                    if minv[j] < delta:
+                        delta = minv[j]
+                        j1 = j
+            for j in range(m + 1):
+                if used[j]:
+                    u[p[j]] += delta
+                    v[j] -= delta
+                else:
+                    minv[j] -= delta
+            j0 = j1
+            if p[j0] == 0:
+                break
+        while True:
+            j1 = way[j0]
+            p[j0] = p[j1]
+            j0 = j1
+            if j0 == 0:
+                break
+    row_col = np.full(n, -1, np.int64)
+    for j in range(1, m + 1):
+        if p[j] != 0:
+            row_col[p[j] - 1] = j - 1
+    return row_col
+
+
+@numba.njit(cache=True)
+def _hard_components(e_start, local_p, local_g, weight, ha, p_start, preds, g_start, gts, pred_shard, pred_active,
+                     pred_ignore_fp, gt_counts_at, k, d_tp, d_fp, d_ha, d_fn):  # pragma: no cover - numba
+    """Counts of every component with competing boxes, added to the difference arrays.
+
+    Component c has edges e_start[c]:e_start[c + 1] (local row / column indices), predictions
+    preds[p_start[c]:p_start[c + 1]] and ground truths gts[g_start[c]:g_start[c + 1]].
+    """
+    num_levels = gt_counts_at.shape[1]
+    for c in range(e_start.shape[0] - 1):
+        npc = p_start[c + 1] - p_start[c]
+        ngc = g_start[c + 1] - g_start[c]
+        w = np.zeros((npc, ngc))
+        h = np.zeros((npc, ngc))
+        for e in range(e_start[c], e_start[c + 1]):
+            w[local_p[e], local_g[e]] = weight[e]
+            h[local_p[e], local_g[e]] = ha[e]
+        pidx = preds[p_start[c]:p_start[c + 1]]
+        gidx = gts[g_start[c]:g_start[c + 1]]
+        shard = pred_shard[pidx[0]]
+        act = pred_active[pidx]
+        cuts = np.unique(np.concatenate((np.zeros(1, np.int64), act, np.full(1, k, np.int64))))
+        for b in range(cuts.shape[0] - 1):
+            start, stop = cuts[b], cuts[b + 1]
+            alive = np.flatnonzero(act > start)
+            gt_matched = np.zeros(ngc, np.bool_)
+            if alive.shape[0] > 0:
+                sub = w[alive]
+                pred_matched = np.zeros(alive.shape[0], np.bool_)
+                n_tp = 0
+                sum_ha = 0.0
+                if alive.shape[0] <= ngc:
+                    rc = _max_weight_assignment(sub)
+                    for r in range(alive.shape[0]):
+                        j = rc[r]
+                        if j >= 0 and sub[r, j] > 0:
+                            pred_matched[r] = True
+                            gt_matched[j] = True
+                            n_tp += 1
+                            sum_ha += h[alive[r], j]
+                else:
+                    cr = _max_weight_assignment(sub.T.copy())
+                    for j in range(ngc):
+                        r = cr[j]
+                        if r >= 0 and sub[r, j] > 0:
+                            pred_matched[r] = True
+                            gt_matched[j] = True
+                            n_tp += 1
+                            sum_ha += h[alive[r], j]
+                n_fp = 0
+                for r in range(alive.shape[0]):
+                    if not pred_matched[r] and not pred_ignore_fp[pidx[alive[r]]]:
+                        n_fp += 1
+                d_tp[shard, start] += n_tp
+                d_tp[shard, stop] -= n_tp
+                d_ha[shard, start] += sum_ha
+                d_ha[shard, stop] -= sum_ha
+                d_fp[shard, start] += n_fp
+                d_fp[shard, stop] -= n_fp
+            for j in range(ngc):
+                if not gt_matched[j]:
+                    for li in range(num_levels):
+                        d_fn[shard, li, start] += gt_counts_at[gidx[j], li]
+                        d_fn[shard, li, stop] -= gt_counts_at[gidx[j], li]
 
 
 def precision_recall(counts: MatchCounts, level_index: int) -> tuple[np.ndarray, ...]:
