@@ -1,0 +1,256 @@
+"""Export a detector to two ONNX graphs with ``torch.onnx.export(dynamo=True)``, and check parity.
+
+Files written to the output folder (see :mod:`pointwin.export.modules` for the cut)::
+
+    backbone.onnx   graph 1: point features + partitions/positions -> voxel features (N, C)
+    head.onnx       graph 2: voxel features + coords -> per-task head maps
+    deploy.json     model config, graph input/output names, the backbone's cache layout, tolerances
+
+Why dynamo: the legacy TorchScript exporter turns ``index_add_`` / ``index_put(accumulate=True)`` with
+repeated indices into a ScatterND *overwrite* (the last write wins instead of the sum); the dynamo
+exporter keeps the reduction. ``tests/test_export.py`` checks this on a tiny module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..structures import Detections, Points
+from .modules import BackboneGraph, CacheEntry, HeadGraph, PreprocessedFrame, Preprocessor, head_output_names
+
+FORMAT = "pointwin-deploy-1"
+BACKBONE_ONNX = "backbone.onnx"
+HEAD_ONNX = "head.onnx"
+META_JSON = "deploy.json"
+
+#: Parity tolerances (float32 CPU onnxruntime vs PyTorch). Voxel features leave a LayerNorm (O(1) values);
+#: head maps are logits / regression codes. Detections: same count, labels equal, box centres / sizes
+#: within BOX_ATOL metres, yaw within YAW_ATOL rad (wrapped), scores within SCORE_ATOL.
+TOLERANCES = {"voxel_feats_atol": 1e-3, "head_atol": 1e-3, "box_atol": 1e-3, "yaw_atol": 1e-3, "score_atol": 1e-4}
+
+
+class ParityError(AssertionError):
+    """The exported graphs disagree with PyTorch beyond :data:`TOLERANCES`."""
+
+
+def backbone_io(entries: Sequence[CacheEntry]) -> tuple[list[str], tuple]:
+    """Input names and ``dynamic_shapes`` of graph 1 (P points, N voxels, G_i groups per partition)."""
+    from torch.export import Dim
+
+    P, N = Dim("num_points", min=2), Dim("num_voxels", min=2)
+    names = ["point_feats", "point_voxel"]
+    rest: list[dict] = []
+    for i, e in enumerate(entries):
+        names += e.input_names(i)
+        if e.kind == "partition":
+            G = Dim(f"p{i}_groups", min=1)
+            rest += [{0: G}, {0: G}, {0: N}]
+        else:
+            rest.append({0: N})
+    return names, ({0: P}, {0: P}, tuple(rest))
+
+
+def _atomic_onnx(program, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    program.save(str(tmp))
+    os.replace(tmp, path)
+
+
+def _atomic_text(text: str, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class ExportResult:
+    """Paths written by :func:`export_onnx` and the example frame used for tracing."""
+
+    out_dir: Path
+    backbone: Path
+    head: Path
+    meta: Path
+    frame: PreprocessedFrame = field(repr=False)
+
+
+def export_onnx(detector: nn.Module, points: Points, out_dir: str | Path, model_cfg: dict | None = None,
+                batch_size: int = 1, verbose: bool = False) -> ExportResult:
+    """Export ``detector`` (eval mode, CPU) as the two graphs, tracing with the example ``points``.
+
+    Args:
+        detector: a :class:`~pointwin.models.detector.Detector` with a FlatFormer or single-stage DSVT backbone.
+        points: an example batch (its voxel / group counts only seed the tracer; all those dims are dynamic).
+        out_dir: output folder (created).
+        model_cfg: the ``model`` config section, stored in deploy.json so the runtime can rebuild the
+            pre/post-processing (no weights needed there).
+        batch_size: B of the dense BEV canvas in graph 2 (fixed).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    detector = detector.eval().cpu()
+    if points.batch_size != batch_size:
+        raise ValueError(f"export_onnx: the example points have batch_size {points.batch_size}, expected {batch_size}")
+    frame = Preprocessor(detector)(points.to("cpu") if hasattr(points, "to") else points)
+    g1 = BackboneGraph(detector, frame.entries).eval()
+    g2 = HeadGraph(detector, batch_size).eval()
+    names1, dyn1 = backbone_io(frame.entries)
+    inputs1 = tuple(frame.backbone_inputs())
+    with torch.no_grad():
+        voxel_feats = g1(*inputs1)
+        prog1 = torch.onnx.export(g1, (inputs1[0], inputs1[1], *inputs1[2:]), dynamo=True,
+                                  dynamic_shapes=(dyn1[0], dyn1[1], dyn1[2]), input_names=names1,
+                                  output_names=["voxel_feats"], optimize=True, verbose=verbose)
+        from torch.export import Dim
+
+        N = Dim("num_voxels", min=2)
+        coords = frame.coords.long()
+        prog2 = torch.onnx.export(g2, (voxel_feats, coords), dynamo=True, dynamic_shapes=({0: N}, {0: N}),
+                                  input_names=["voxel_feats", "voxel_coords"],
+                                  output_names=head_output_names(detector.head), optimize=True, verbose=verbose)
+    backbone_path, head_path, meta_path = out / BACKBONE_ONNX, out / HEAD_ONNX, out / META_JSON
+    _atomic_onnx(prog1, backbone_path)
+    _atomic_onnx(prog2, head_path)
+    meta = {
+        "format": FORMAT,
+        "model": _plain(model_cfg) if model_cfg is not None else None,
+        "batch_size": batch_size,
+        "cache_entries": [e.to_json() for e in frame.entries],
+        "backbone": {"file": BACKBONE_ONNX, "inputs": names1, "outputs": ["voxel_feats"]},
+        "head": {"file": HEAD_ONNX, "inputs": ["voxel_feats", "voxel_coords"],
+                 "outputs": head_output_names(detector.head)},
+        "tolerances": TOLERANCES,
+        "torch": torch.__version__,
+    }
+    _atomic_text(json.dumps(meta, indent=2), meta_path)
+    return ExportResult(out, backbone_path, head_path, meta_path, frame)
+
+
+def _plain(obj: Any) -> Any:
+    from ..config import to_plain
+
+    return to_plain(obj)
+
+
+# --------------------------------------------------------------------------------------------------
+# parity
+
+
+@dataclass
+class ParityReport:
+    """Max abs / rel errors of the ONNX pipeline against PyTorch on one frame."""
+
+    voxel_abs: float
+    voxel_rel: float
+    head_abs: float
+    head_rel: float
+    num_dets_torch: int
+    num_dets_onnx: int
+    box_abs: float
+    yaw_abs: float
+    score_abs: float
+
+    def lines(self) -> list[str]:
+        return [f"voxel features: max abs {self.voxel_abs:.3g}, max rel {self.voxel_rel:.3g}",
+                f"head maps:      max abs {self.head_abs:.3g}, max rel {self.head_rel:.3g}",
+                f"detections:     torch {self.num_dets_torch}, onnx {self.num_dets_onnx}; box max abs "
+                f"{self.box_abs:.3g} m, yaw {self.yaw_abs:.3g} rad, score {self.score_abs:.3g}"]
+
+    def failures(self, tol: dict[str, float] | None = None) -> list[str]:
+        tol = TOLERANCES if tol is None else tol
+        bad = []
+        if not self.voxel_abs <= tol["voxel_feats_atol"]:
+            bad.append(f"voxel features max abs {self.voxel_abs:.3g} > {tol['voxel_feats_atol']}")
+        if not self.head_abs <= tol["head_atol"]:
+            bad.append(f"head maps max abs {self.head_abs:.3g} > {tol['head_atol']}")
+        if self.num_dets_torch != self.num_dets_onnx:
+            bad.append(f"detection count {self.num_dets_onnx} != torch {self.num_dets_torch}")
+        if not self.box_abs <= tol["box_atol"]:
+            bad.append(f"box max abs {self.box_abs:.3g} > {tol['box_atol']}")
+        if not self.yaw_abs <= tol["yaw_atol"]:
+            bad.append(f"yaw max abs {self.yaw_abs:.3g} > {tol['yaw_atol']}")
+        if not self.score_abs <= tol["score_atol"]:
+            bad.append(f"score max abs {self.score_abs:.3g} > {tol['score_atol']}")
+        return bad
+
+
+def _errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    a, b = a.double(), b.double()
+    if a.shape != b.shape:
+        raise ParityError(f"shape mismatch {tuple(a.shape)} vs {tuple(b.shape)}")
+    if a.numel() == 0:
+        return 0.0, 0.0
+    diff = (a - b).abs()
+    return float(diff.max()), float((diff / b.abs().clamp(min=1e-3)).max())
+
+
+def compare_detections(ref: Sequence[Detections], got: Sequence[Detections]) -> tuple[int, int, float, float, float]:
+    """(count ref, count got, box abs, yaw abs, score abs) after matching each reference detection to the
+    nearest remaining detection of the same label (score order is ambiguous when scores tie)."""
+    n_ref = sum(len(d.scores) for d in ref)
+    n_got = sum(len(d.scores) for d in got)
+    box = yaw = score = 0.0
+    for a, b in zip(ref, got, strict=True):
+        if len(a.scores) != len(b.scores) or len(a.scores) == 0:
+            continue
+        ta, tb = a.boxes.tensor.double(), b.boxes.tensor.double()
+        cols = [c for c in range(ta.shape[1]) if c != 6]
+        dist = (ta[:, None, cols] - tb[None, :, cols]).abs().amax(-1)
+        dist = dist + (a.scores[:, None].double() - b.scores[None, :].double()).abs()
+        dist[a.labels[:, None] != b.labels[None, :]] = float("inf")
+        used = torch.zeros(len(tb), dtype=torch.bool)
+        for i in a.scores.argsort(descending=True).tolist():
+            d = dist[i].masked_fill(used, float("inf"))
+            j = int(d.argmin())
+            if not torch.isfinite(d[j]):
+                return n_ref, n_got, float("inf"), float("inf"), float("inf")
+            used[j] = True
+            box = max(box, float((ta[i, cols] - tb[j, cols]).abs().max()))
+            w = torch.remainder(ta[i, 6] - tb[j, 6] + torch.pi, 2 * torch.pi) - torch.pi
+            yaw = max(yaw, float(w.abs()))
+            score = max(score, float((a.scores[i].double() - b.scores[j].double()).abs()))
+    return n_ref, n_got, box, yaw, score
+
+
+@torch.no_grad()
+def parity_check(detector: nn.Module, export_dir: str | Path, points: Points, raise_on_fail: bool = True,
+                 tolerances: dict[str, float] | None = None, printer=print) -> ParityReport:
+    """Run the exported graphs in onnxruntime on ``points`` and compare with the PyTorch detector.
+
+    Prints max abs / rel errors; raises :class:`ParityError` above ``tolerances`` (default
+    :data:`TOLERANCES`) when ``raise_on_fail``.
+    """
+    from .runtime import OnnxDetector
+
+    detector = detector.eval().cpu()
+    runtime = OnnxDetector(export_dir, detector=detector)
+    frame, voxel_onnx, head_onnx = runtime.run_graphs(points)
+    voxels = detector.backbone(detector.vfe(points))
+    bev = detector.backbone_2d(detector.scatter(voxels))
+    out = detector.head(bev)
+    head_ref = [getattr(t, b) for t, sep in zip(out.tasks, detector.head.heads, strict=True) for b in sep.branches]
+    voxel_abs, voxel_rel = _errors(voxel_onnx, voxels.feats)
+    head_abs = head_rel = 0.0
+    for a, b in zip(head_onnx, head_ref, strict=True):
+        ea, er = _errors(a, b)
+        head_abs, head_rel = max(head_abs, ea), max(head_rel, er)
+    dets_ref = detector.head.predict(out)
+    dets_onnx = runtime.postprocess(head_onnx)
+    report = ParityReport(voxel_abs, voxel_rel, head_abs, head_rel, *compare_detections(dets_ref, dets_onnx))
+    for line in report.lines():
+        printer(line)
+    bad = report.failures(tolerances)
+    if bad and raise_on_fail:
+        raise ParityError("ONNX parity failed: " + "; ".join(bad))
+    return report
+
+
+__all__ = ["BACKBONE_ONNX", "HEAD_ONNX", "META_JSON", "TOLERANCES", "ExportResult", "ParityError", "ParityReport",
+           "backbone_io", "compare_detections", "export_onnx", "parity_check"]
