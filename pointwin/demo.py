@@ -46,28 +46,6 @@ def demo_config(config: str | os.PathLike | None = None, quick: bool = False,
     return config_from_dict(tree)
 
 
-def synthetic_evaluator(dataset: Any, eval_cfg: dict | None = None):
-    """Waymo-style AP on the synthetic validation frames: ``results -> {metric: value}``."""
-    from pointwin.engine.builders import dataset_evaluator
-
-    fn = dataset_evaluator(dataset, eval_cfg)
-    if fn is not None:
-        return fn
-    try:
-        from pointwin.evaluation import synthetic as synth_eval
-    except ImportError:
-        raise RuntimeError("the synthetic-dataset evaluator (pointwin.evaluation.synthetic) is not available in "
-                           "this build") from None
-
-    gts = [dataset[i] for i in range(len(dataset))]
-    kwargs = dict(to_plain(eval_cfg or {}))
-
-    def evaluate(results: list) -> dict[str, float]:
-        return synth_eval.evaluate_detections(results, gts, class_names=dataset.class_names, **kwargs)
-
-    return evaluate
-
-
 def _format_table(metrics: dict[str, Any]) -> str:
     rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     width = max([len(k) for k, _ in rows] + [6])
@@ -82,7 +60,7 @@ def run_demo(work_dir: str | os.PathLike | None = None, quick: bool = False, dev
     """Run the whole demo; returns ``{"metrics", "target_metric", "target_value", "paths", "wall_s"}``."""
     from pointwin.datasets.synthetic import create_synthetic
     from pointwin.engine import Trainer, TrainSettings
-    from pointwin.engine.builders import build_dataset, build_model, import_modules
+    from pointwin.engine.builders import build_dataset, build_model, dataset_evaluator, import_modules
     from pointwin.engine.trainer import set_seed
     from pointwin.visualize import draw_sample_bev, plot_training_curves
 
@@ -119,7 +97,7 @@ def run_demo(work_dir: str | os.PathLike | None = None, quick: bool = False, dev
     print(f"[2/4] training {cfg['model'].get('type')} ({n_params / 1e6:.2f} M parameters) on {len(train_set)} "
           f"frames, {settings.epochs} epochs")
     trainer = Trainer(model, train_set, settings, work_dir, val_set=val_set,
-                      evaluate_fn=synthetic_evaluator(val_set, cfg.get("eval")), device=device, seed=seed,
+                      evaluate_fn=dataset_evaluator(val_set, cfg.get("eval")), device=device, seed=seed,
                       config_text=cfg.dump(), progress=progress)
     metrics = trainer.fit()
     t_train = time.perf_counter() - t_start
@@ -131,9 +109,15 @@ def run_demo(work_dir: str | os.PathLike | None = None, quick: bool = False, dev
 
     # 3. metrics table
     table = _format_table(metrics)
+    try:
+        from pointwin.evaluation.detection import format_ap_table
+
+        table = format_ap_table(metrics) + "\n\n" + table
+    except (ImportError, ValueError, KeyError):
+        pass
     target_metric = demo.get("target_metric")
     target_value = demo.get("target_value")
-    (work_dir / "metrics.md").write_text(f"# pointwin demo ({'quick' if quick else 'full'})\n\n{table}\n")
+    (work_dir / "metrics.md").write_text(f"# pointwin demo ({'quick' if quick else 'full'})\n\n```\n{table}\n```\n")
     (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print("[3/4] validation metrics")
     print(table)

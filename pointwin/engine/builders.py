@@ -90,13 +90,42 @@ def build_dataset(cfg: Mapping, where: str = "data") -> Any:
 
 
 def dataset_evaluator(dataset: Any, eval_cfg: Mapping | None = None) -> Callable[[list], dict[str, float]] | None:
-    """The evaluation function for ``dataset``: its ``evaluate(results, **eval_cfg)`` method, or None."""
+    """The evaluation function ``results -> {metric: value}`` for ``dataset``.
+
+    In order: the dataset's own ``evaluate(results, **eval_cfg)`` method; with ``eval.type: segmentation``,
+    per-class IoU / mIoU against the frames' ``point_labels``; otherwise, for a dataset with
+    ``class_names``, Waymo-style AP/APH with BEV and 3D IoU
+    (:func:`pointwin.evaluation.detection.evaluate_detections`, keys such as ``Car/AP_BEV``). None when
+    nothing applies. The ``eval:`` config section (minus ``type``) becomes keyword arguments.
+    """
+    kwargs = {k: v for k, v in to_plain(eval_cfg or {}).items() if k != "type"}
+    kind = (eval_cfg or {}).get("type")
     fn = getattr(dataset, "evaluate", None)
-    if fn is None:
+    if fn is not None and kind is None:
+        return lambda results: fn(results, **kwargs)
+    class_names = getattr(dataset, "class_names", None)
+    if kind == "segmentation":
+        from pointwin.evaluation.segmentation import SegmentationEvaluator
+
+        names = kwargs.pop("class_names", None) or getattr(dataset, "point_label_names", None) or class_names
+        if names is None:
+            raise ConfigError("eval.type=segmentation needs eval.class_names or a dataset with point_label_names")
+
+        def evaluate_segmentation(results: list) -> dict[str, float]:
+            ev = SegmentationEvaluator(tuple(names), **kwargs)
+            for i, pred in enumerate(results):
+                ev.update(pred, dataset[i].point_labels)
+            return ev.compute().as_dict()
+
+        return evaluate_segmentation
+    if kind not in (None, "detection"):
+        raise ConfigError(f"eval.type must be detection or segmentation, got {kind!r}")
+    if class_names is None:
         return None
-    kwargs = dict(to_plain(eval_cfg or {}))
+    from pointwin.evaluation.detection import evaluate_detections
 
     def evaluate(results: list) -> dict[str, float]:
-        return fn(results, **kwargs)
+        gts = [dataset[i] for i in range(len(dataset))]
+        return evaluate_detections(results, gts, class_names=list(class_names), **kwargs)
 
     return evaluate
