@@ -41,6 +41,22 @@ CATEGORY_OF = {"car": "vehicle.car", "pedestrian": "human.pedestrian.adult", "bi
                "ignore": "movable_object.debris"}
 
 
+ATTRS = ["vehicle.moving", "vehicle.parked", "pedestrian.moving", "pedestrian.standing", "cycle.without_rider"]
+
+
+def _attribute_tokens(box):
+    """A plausible attribute per class from the box's speed (none for barriers, cones, ...)."""
+    v = np.hypot(*box["velocity"]) if not np.isnan(box["velocity"]).any() else 0.0
+    name = box["name"]
+    if name in ("car", "truck", "bus", "construction_vehicle"):
+        return ["attr_vehicle.moving" if v > 0.5 else "attr_vehicle.parked"]
+    if name == "pedestrian":
+        return ["attr_pedestrian.moving" if v > 0.3 else "attr_pedestrian.standing"]
+    if name == "bicycle":
+        return ["attr_cycle.without_rider"]
+    return []
+
+
 def _quat_wxyz(matrix):
     x, y, z, w = Rotation.from_matrix(matrix).as_quat()
     return [w, x, y, z]
@@ -119,7 +135,8 @@ def _build_tables(root, version="v1.0-mini", with_annotations=True):
         "category": [{"token": f"cat{i}", "name": n, "index": i} for i, n in enumerate(FINE)],
         "instance": [], "sample_annotation": [], "lidarseg": [],
         # tables pointwin does not read, present so that nuscenes-devkit can load the set as a cross-check
-        "attribute": [], "visibility": [{"token": "4", "level": "v80-100", "description": ""}],
+        "attribute": [{"token": f"attr_{a}", "name": a, "description": ""} for a in ATTRS],
+        "visibility": [{"token": "4", "level": "v80-100", "description": ""}],
         "log": [{"token": "log", "logfile": "", "vehicle": "n015", "date_captured": "2018-07-24",
                  "location": "singapore-onenorth"}],
         "map": [{"token": "map", "log_tokens": ["log"], "category": "semantic_prior", "filename": ""}],
@@ -139,7 +156,7 @@ def _build_tables(root, version="v1.0-mini", with_annotations=True):
                 "translation": (center + vel * dt).tolist(), "size": [width, length, height],
                 "rotation": _quat_wxyz(rot), "num_lidar_pts": b["num_lidar_pts"], "num_radar_pts": b["num_radar_pts"],
                 "prev": f"ann{k - 1}_{j}" if k and moving else "", "next": f"ann{k + 1}_{j}" if k < 2 and moving
-                else "", "attribute_tokens": [], "visibility_token": "4"})
+                else "", "attribute_tokens": _attribute_tokens(b), "visibility_token": "4"})
         expected.append(b)
     fine = np.random.default_rng(0).integers(0, len(FINE), len(key)).astype(np.uint8)
     (root / "lidarseg" / version).mkdir(parents=True)
@@ -371,3 +388,41 @@ def test_dataset_transforms_keep_points_and_boxes_consistent(mini):
     before = points_in_boxes(plain.points.double(), plain.boxes.tensor.double()).sum(1)
     after = points_in_boxes(flipped.points.double(), flipped.boxes.tensor.double()).sum(1)
     assert torch.equal(before, after)
+
+
+def test_in_memory_evaluation_matches_devkit_ground_truth(mini, tmp_path):
+    """dataset.evaluate (ground truth rebuilt from the infos) equals the evaluation whose ground truth the
+    devkit loads from the tables, on noisy predictions written as an official results file."""
+    pytest.importorskip("nuscenes")
+    from pointwin.datasets.nuscenes import DETECTION_CLASSES
+    from pointwin.evaluation.nuscenes import evaluate_files
+    from pointwin.structures import Boxes3D, Detections
+
+    root, *_ = mini
+    path = root / "infos" / "nuscenes_infos_v1.0-mini_mini_train.json"
+    ds = NuScenesDataset(root, path, num_sweeps=1, filter_empty=False)
+    rng = np.random.default_rng(0)
+    results = []
+    for i in range(len(ds)):
+        s = ds[i]
+        b = s.boxes.tensor.double().numpy().copy()
+        keep = rng.random(len(b)) > 0.2
+        b = b[keep]
+        b[:, :2] += rng.normal(0, 0.3, (len(b), 2))
+        b[:, 6] += rng.normal(0, 0.1, len(b))
+        b[:, 7:9] += rng.normal(0, 0.5, (len(b), 2))
+        fp = np.concatenate([rng.uniform(-40, 40, (5, 2)), np.zeros((5, 1)), np.full((5, 3), 2.0),
+                             np.zeros((5, 3))], 1)
+        labels = np.concatenate([s.labels.numpy()[keep], rng.integers(0, len(DETECTION_CLASSES), 5)])
+        boxes = np.concatenate([b, fp])
+        results.append(Detections(Boxes3D(torch.from_numpy(boxes).float()), torch.from_numpy(
+            rng.uniform(0.05, 1.0, len(boxes))).float(), torch.from_numpy(labels)))
+    ours = ds.evaluate(results)
+    sub = ds.format_results(results, tmp_path / "results_nusc.json")
+    official = evaluate_files(sub, root, version="v1.0-mini", eval_set="mini_train")
+    assert 0.1 < ours["mAP"] < 1.0
+    assert ours["mAP"] == pytest.approx(official["mean_ap"], abs=1e-9)
+    assert ours["NDS"] == pytest.approx(official["nd_score"], abs=1e-9)
+    for metric, short in (("trans_err", "mATE"), ("scale_err", "mASE"), ("orient_err", "mAOE"),
+                          ("vel_err", "mAVE"), ("attr_err", "mAAE")):
+        assert ours[short] == pytest.approx(official["tp_errors"][metric], abs=1e-9), metric

@@ -8,7 +8,9 @@ no map files) and writes JSON infos (never pickle)::
                 "sweeps": [{"lidar_path", "sample_data_token", "timestamp", "time_lag", "sensor2lidar"}],
                 "lidarseg_path" (optional),
                 "annos": {"names", "categories", "boxes", "num_lidar_pts", "num_radar_pts", "valid",
-                          "velocity_valid", "tokens", "instance_tokens"}  (absent for the test split)}]}
+                          "velocity_valid", "global_boxes", "global_velocity", "tokens", "instance_tokens",
+                          "attributes"}
+                (absent for the test split)}]}
 
 Boxes are in the keyframe's LIDAR_TOP frame in pointwin's convention ``(x, y, z, dx, dy, dz, yaw, vx, vy)``:
 global -> ego -> lidar; nuScenes ``size = (w, l, h)`` gives ``dx = l, dy = w, dz = h``; yaw is the
@@ -18,6 +20,10 @@ neighbouring annotations, 0 with ``velocity_valid = false`` where undefined) is 
 
 Sweeps are the up to ``max_sweeps`` LIDAR_TOP sample_data records preceding the keyframe, each with the
 4x4 transform from its sensor frame into the keyframe's lidar frame and its time lag in seconds.
+
+:class:`NuScenesDataset` yields samples with 5-channel multi-sweep points; its ``evaluate(results)``
+computes mAP/NDS in memory (ground truth from the infos, predictions moved back to the global frame)
+and ``format_results`` writes the official results JSON.
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from .base import DATASETS, PointDataset
 
 __all__ = ["CATEGORY_TO_DETECTION", "DETECTION_CLASSES", "LIDARSEG_CLASSES", "LIDARSEG_FINE_TO_COARSE",
            "NuScenesDataset", "NuScenesTables", "aggregate_sweeps", "box_velocity", "cbgs_indices",
-           "create_nuscenes_infos", "global_boxes_to_lidar", "load_lidar_points", "quaternion_to_matrix",
-           "transform_matrix"]
+           "create_nuscenes_infos", "default_attribute", "global_boxes_to_lidar", "lidar_boxes_to_global",
+           "load_lidar_points", "matrix_to_quaternion", "quaternion_to_matrix", "transform_matrix"]
 
 DETECTION_CLASSES = ("car", "truck", "construction_vehicle", "bus", "trailer", "barrier", "motorcycle", "bicycle",
                      "pedestrian", "traffic_cone")
@@ -114,6 +120,48 @@ def transform_matrix(translation: Sequence[float], rotation: Sequence[float]) ->
     return m
 
 
+def matrix_to_quaternion(m: np.ndarray) -> np.ndarray:
+    """(3, 3) rotation matrix -> (w, x, y, z) quaternion with w >= 0 (Shepperd's method)."""
+    m = np.asarray(m, dtype=np.float64)
+    tr = m[0, 0] + m[1, 1] + m[2, 2]
+    if tr > 0:
+        s = 2.0 * math.sqrt(1.0 + tr)
+        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
+    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
+        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
+    elif m[1, 1] > m[2, 2]:
+        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
+        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
+    else:
+        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
+        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
+    q = np.asarray(q)
+    q /= np.linalg.norm(q)
+    return q if q[0] >= 0 else -q
+
+
+def lidar_boxes_to_global(boxes: np.ndarray, lidar2ego: np.ndarray, ego2global: np.ndarray,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """pointwin lidar-frame boxes (M, 7 or 9) -> global nuScenes (translation (M, 3), size w, l, h (M, 3),
+    rotation (M, 4) w, x, y, z, velocity (M, 2) vx, vy; NaN without velocity columns)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(len(boxes), -1)
+    g = np.asarray(ego2global, dtype=np.float64) @ np.asarray(lidar2ego, dtype=np.float64)
+    m = len(boxes)
+    translation = boxes[:, :3] @ g[:3, :3].T + g[:3, 3] if m else np.zeros((0, 3))
+    size = boxes[:, [4, 3, 5]] if m else np.zeros((0, 3))
+    rotation = np.zeros((m, 4))
+    for i in range(m):
+        c, s_ = math.cos(boxes[i, 6]), math.sin(boxes[i, 6])
+        rotation[i] = matrix_to_quaternion(g[:3, :3] @ np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]]))
+    if boxes.shape[1] >= 9:
+        vel3 = np.concatenate([boxes[:, 7:9], np.zeros((m, 1))], 1)
+        velocity = (vel3 @ g[:3, :3].T)[:, :2]
+    else:
+        velocity = np.full((m, 2), np.nan)
+    return translation, size, rotation, velocity
+
+
 def global_boxes_to_lidar(translation: np.ndarray, size_wlh: np.ndarray, rotation: np.ndarray,
                           velocity: np.ndarray, ego2global: np.ndarray, lidar2ego: np.ndarray) -> np.ndarray:
     """Global nuScenes boxes -> (M, 9) float64 pointwin boxes in the lidar frame.
@@ -144,7 +192,7 @@ class NuScenesTables:
     """The JSON tables of one nuScenes version, indexed by token (a light stand-in for the devkit)."""
 
     REQUIRED = ("scene", "sample", "sample_data", "calibrated_sensor", "sensor", "ego_pose", "category")
-    OPTIONAL = ("sample_annotation", "instance", "lidarseg")
+    OPTIONAL = ("sample_annotation", "instance", "lidarseg", "attribute")
 
     def __init__(self, root: str | os.PathLike, version: str) -> None:
         self.root = Path(root)
@@ -190,6 +238,14 @@ def box_velocity(tables: NuScenesTables, ann: dict, max_time_diff: float = 1.5) 
     if dt <= 0 or dt > max_time_diff:
         return np.full(3, np.nan)
     return (np.asarray(last["translation"], dtype=np.float64) - np.asarray(first["translation"])) / dt
+
+
+def _attribute_name(tables: NuScenesTables, ann: dict) -> str:
+    """The annotation's attribute name ("" for none); nuScenes boxes carry at most one attribute."""
+    tokens = ann.get("attribute_tokens", [])
+    if len(tokens) > 1:
+        raise ValueError(f"nuScenes annotation {ann['token']} has {len(tokens)} attributes (at most 1 expected)")
+    return tables.get("attribute", tokens[0])["name"] if tokens else ""
 
 
 def _lidar_pose(tables: NuScenesTables, sd: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -310,8 +366,13 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
                 "num_radar_pts": [int(a["num_radar_pts"]) for a in anns],
                 "valid": [int(a["num_lidar_pts"]) + int(a["num_radar_pts"]) > 0 for a in anns],
                 "velocity_valid": vel_ok.tolist(),
+                # the annotation as given (global x, y, z, w, l, h, qw, qx, qy, qz and vx, vy) for evaluation:
+                # upright lidar-frame boxes drop the tilt and vz, so they cannot give these back exactly
+                "global_boxes": [list(a["translation"]) + list(a["size"]) + list(a["rotation"]) for a in anns],
+                "global_velocity": np.where(vel_ok[:, None], vel, 0.0)[:, :2].tolist(),
                 "tokens": [a["token"] for a in anns],
                 "instance_tokens": [a["instance_token"] for a in anns],
+                "attributes": [_attribute_name(tables, a) for a in anns],
             }
         result[split].append(info)
 
@@ -366,6 +427,29 @@ def aggregate_sweeps(root: str | os.PathLike, info: dict, num_sweeps: int = 10, 
     return np.concatenate(clouds), len(key)
 
 
+_DEFAULT_ATTRIBUTE = {"car": "vehicle.parked", "pedestrian": "pedestrian.moving", "trailer": "vehicle.parked",
+                      "truck": "vehicle.parked", "bus": "vehicle.moving", "motorcycle": "cycle.without_rider",
+                      "construction_vehicle": "vehicle.parked", "bicycle": "cycle.without_rider", "barrier": "",
+                      "traffic_cone": ""}
+
+
+def default_attribute(name: str, velocity: np.ndarray) -> str:
+    """The attribute a velocity-only detector reports (the common lidar-detector convention): moving
+    above 0.2 m/s; vehicles parked and pedestrians standing when still; cycles with a rider when moving."""
+    speed = float(np.hypot(*np.asarray(velocity, dtype=np.float64)[:2])) if velocity is not None else float("nan")
+    if speed > 0.2:
+        if name in ("car", "construction_vehicle", "bus", "truck", "trailer"):
+            return "vehicle.moving"
+        if name in ("bicycle", "motorcycle"):
+            return "cycle.with_rider"
+        return _DEFAULT_ATTRIBUTE.get(name, "")
+    if name == "pedestrian":
+        return "pedestrian.standing"
+    if name == "bus":
+        return "vehicle.stopped"
+    return _DEFAULT_ATTRIBUTE.get(name, "")
+
+
 # ---- class-balanced grouping and sampling --------------------------------------------------------------
 def cbgs_indices(infos: Sequence[dict], class_names: Sequence[str], seed: int = 0) -> list[int]:
     """Class-balanced resampling (CBGS): indices into ``infos`` so each class appears in ~1/K of the samples.
@@ -411,6 +495,108 @@ class NuScenesDataset(PointDataset):
     """
 
     channels = ("x", "y", "z", "intensity", "time_lag")
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def _eval_boxes(self, results: Sequence | None):
+        """Ground truth (and predictions, when ``results`` is given) as :class:`NuScenesBoxes` plus bike racks."""
+        from ..evaluation.nuscenes import ATTRIBUTE_NAMES, NuScenesBoxes
+        from ..evaluation.nuscenes import DETECTION_CLASSES as EVAL_CLASSES
+
+        if self.indices != list(range(len(self.infos))):
+            raise ValueError("NuScenesDataset.evaluate: build the evaluation dataset without cbgs (one entry per "
+                             "sample)")
+        tokens = [info["token"] for info in self.infos]
+        gt_cols: dict[str, list] = defaultdict(list)
+        pred_cols: dict[str, list] = defaultdict(list)
+        racks: dict[int, np.ndarray] = {}
+        for i, info in enumerate(self.infos):
+            ego_xy = np.asarray(info["ego2global"])[:2, 3]
+            l2e, e2g = np.asarray(info["lidar2ego"]), np.asarray(info["ego2global"])
+            a = info.get("annos")
+            if a is None:
+                raise ValueError(f"NuScenesDataset.evaluate: sample {info['token']} has no annotations (test split?)")
+            boxes = np.asarray(a["boxes"], dtype=np.float64).reshape(-1, 9)
+            t, sz, rot, vel = lidar_boxes_to_global(boxes, l2e, e2g)
+            if "global_boxes" in a:
+                g = np.asarray(a["global_boxes"], dtype=np.float64).reshape(-1, 10)
+                t, sz, rot = g[:, :3], g[:, 3:6], g[:, 6:10]
+            if "global_velocity" in a:
+                vel = np.asarray(a["global_velocity"], dtype=np.float64).reshape(-1, 2).copy()
+            vel[~np.asarray(a["velocity_valid"], dtype=bool)] = np.nan
+            is_rack = np.array([c == "static_object.bicycle_rack" for c in a["categories"]], dtype=bool)
+            if is_rack.any():
+                racks[i] = np.concatenate([t[is_rack], sz[is_rack], rot[is_rack]], 1)
+            for j, name in enumerate(a["names"]):
+                if name not in EVAL_CLASSES:
+                    continue
+                attr = a.get("attributes", [""] * len(a["names"]))[j]
+                gt_cols["sample"].append(i)
+                gt_cols["translation"].append(t[j])
+                gt_cols["size"].append(sz[j])
+                gt_cols["rotation"].append(rot[j])
+                gt_cols["velocity"].append(vel[j])
+                gt_cols["labels"].append(EVAL_CLASSES.index(name))
+                gt_cols["attributes"].append(ATTRIBUTE_NAMES.index(attr) if attr else -1)
+                gt_cols["ego_dist"].append(float(np.hypot(*(t[j, :2] - ego_xy))))
+                gt_cols["num_pts"].append(a["num_lidar_pts"][j] + a["num_radar_pts"][j])
+            if results is None:
+                continue
+            det = results[i]
+            pb = det.boxes.tensor.detach().cpu().double().numpy()
+            t, sz, rot, vel = lidar_boxes_to_global(pb, l2e, e2g)
+            names = [self.class_names[int(k)] for k in det.labels.tolist()]
+            for j, name in enumerate(names):
+                if name not in EVAL_CLASSES:
+                    continue
+                pred_cols["sample"].append(i)
+                pred_cols["translation"].append(t[j])
+                pred_cols["size"].append(sz[j])
+                pred_cols["rotation"].append(rot[j])
+                pred_cols["velocity"].append(vel[j])
+                pred_cols["labels"].append(EVAL_CLASSES.index(name))
+                pred_cols["scores"].append(float(det.scores[j]))
+                pred_cols["attributes"].append(ATTRIBUTE_NAMES.index(a_) if (a_ := default_attribute(
+                    name, vel[j])) else -1)
+                pred_cols["ego_dist"].append(float(np.hypot(*(t[j, :2] - ego_xy))))
+
+        def make(cols: dict, with_scores: bool) -> NuScenesBoxes:
+            n = len(cols["labels"])
+            return NuScenesBoxes(
+                sample=np.asarray(cols["sample"], np.int64), translation=np.asarray(cols["translation"]).reshape(n, 3),
+                size=np.asarray(cols["size"]).reshape(n, 3), rotation=np.asarray(cols["rotation"]).reshape(n, 4),
+                velocity=np.asarray(cols["velocity"]).reshape(n, 2), labels=np.asarray(cols["labels"], np.int64),
+                scores=np.asarray(cols["scores"]) if with_scores else None,
+                attributes=np.asarray(cols["attributes"], np.int64), ego_dist=np.asarray(cols["ego_dist"]),
+                num_pts=np.asarray(cols["num_pts"], np.int64) if "num_pts" in cols else None, sample_tokens=tokens)
+
+        if results is not None and len(results) != len(self.infos):
+            raise ValueError(f"NuScenesDataset.evaluate: {len(results)} results for {len(self.infos)} samples")
+        return make(gt_cols, False), (make(pred_cols, True) if results is not None else None), racks
+
+    def evaluate(self, results: Sequence, **kwargs) -> dict[str, float]:
+        """nuScenes mAP / NDS of ``results`` (one :class:`~pointwin.structures.Detections` per sample, in the
+        lidar frame, labels indexing ``class_names``) against this split's annotations, in memory.
+
+        Predicted attributes follow the usual velocity rule (:func:`default_attribute`). Returns flat
+        metrics: ``mAP``, ``NDS``, ``mATE`` .. ``mAAE`` and ``AP/<class>``.
+        """
+        from ..evaluation.nuscenes import TP_METRIC_SHORT
+        from ..evaluation.nuscenes import evaluate as nus_evaluate
+
+        gt, pred, racks = self._eval_boxes(results)
+        res = nus_evaluate(pred, gt, bike_racks=racks, **kwargs)
+        out = {"mAP": float(res["mean_ap"]), "NDS": float(res["nd_score"])}
+        out.update({TP_METRIC_SHORT[k]: float(v) for k, v in res["tp_errors"].items()})
+        out.update({f"AP/{c}": float(v) for c, v in res["mean_dist_aps"].items()})
+        return out
+
+    def format_results(self, results: Sequence, path: str | os.PathLike) -> Path:
+        """Write ``results`` as an official nuScenes detection results JSON (global frame) at ``path``."""
+        from ..evaluation.nuscenes import write_submission
+
+        _, pred, _ = self._eval_boxes(results)
+        write_submission(path, pred)
+        return Path(path)
 
     def __init__(self, root: str | os.PathLike, info_path: str | os.PathLike,
                  class_names: Sequence[str] = DETECTION_CLASSES, num_sweeps: int = 10, with_velocity: bool = True,
