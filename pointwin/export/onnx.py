@@ -122,6 +122,8 @@ def export_onnx(detector: nn.Module, points: Points, out_dir: str | Path, model_
         "format": FORMAT,
         "model": _plain(model_cfg) if model_cfg is not None else None,
         "batch_size": batch_size,
+        "point_feat_dim": int(frame.point_feats.shape[1]),
+        "voxel_feat_dim": int(voxel_feats.shape[1]),
         "cache_entries": [e.to_json() for e in frame.entries],
         "backbone": {"file": BACKBONE_ONNX, "inputs": names1, "outputs": ["voxel_feats"]},
         "head": {"file": HEAD_ONNX, "inputs": ["voxel_feats", "voxel_coords"],
