@@ -523,3 +523,10 @@ def test_many_components_counts():
     assert c.tp[0, 0] == n and c.fp[0, 0] == n and c.sum_ha[0, 0] == pytest.approx(0.5 * n)
     assert c.tp[0, 50] == n and c.fp[0, 50] == 0 and c.sum_ha[0, 50] == pytest.approx(n)
     assert c.tp[0, 95] == 0 and c.fn[0, 0, 95] == n and c.fn[0, 0, 0] == 0
+
+
+def test_real_ground_truth_against_itself():
+    path = shared_file("waymo/v1/gt.bin")
+    r = evaluate_files(path, path)
+    assert r["VEHICLE"]["L1"] == {"mAP": 1.0, "mAPH": 1.0}
+    assert r["PEDESTRIAN"]["L2"]["mAP"] == 0.0  # no pedestrian in that file
