@@ -82,7 +82,8 @@ def run_demo(work_dir: str | os.PathLike | None = None, quick: bool = False, dev
     data_seed = int(train_cfg.get("seed", 0))
     print(f"[1/4] synthetic data -> {data_dir}")
     create_synthetic(data_dir, num_train=int(train_cfg.get("num_frames", 100)),
-                     num_val=int(val_cfg.get("num_frames", 20)), seed=data_seed, scene=scene, progress=progress)
+                     num_val=int(val_cfg.get("num_frames", 20)), seed=data_seed, scene=scene, progress=progress,
+                     workers=min(os.cpu_count() or 1, 4))
     for split_cfg in (train_cfg, val_cfg):
         split_cfg["data_root"] = str(data_dir)
     cfg["data"]["train"], cfg["data"]["val"] = Config(train_cfg), Config(val_cfg)

@@ -67,3 +67,43 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     single_state = torch.load(tmp_path / "single" / "latest.pth", weights_only=True)
     for k, v in state["model"].items():
         torch.testing.assert_close(v, single_state["model"][k], rtol=1e-4, atol=1e-6)
+
+
+def _gather_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as td
+
+    from pointwin.engine.dist import gather_results
+    from pointwin.structures import Boxes3D, Detections
+
+    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        indices = list(range(rank, 5, world))  # rank 0: 0, 2, 4; rank 1: 1, 3
+        dets, labels = [], []
+        for i in indices:
+            n = i % 3  # frames with 0, 1 and 2 detections, including an empty one on each rank
+            boxes = torch.arange(n * 7, dtype=torch.float32).reshape(n, 7).abs() + i
+            dets.append(Detections(Boxes3D(boxes), torch.full((n,), 0.1 * i), torch.full((n,), i, dtype=torch.long)))
+            labels.append(torch.arange(i + 1) * 10 + i)  # per-point labels of a different length per frame
+        got_dets = gather_results(indices, dets, 5)
+        got_labels = gather_results(indices, labels, 5)
+        if rank == 0:
+            torch.save({"boxes": [d.boxes.tensor for d in got_dets], "scores": [d.scores for d in got_dets],
+                        "labels": [d.labels for d in got_dets], "point_labels": got_labels}, f"{out_dir}/gathered.pth")
+        else:
+            assert got_dets is None and got_labels is None
+    finally:
+        td.destroy_process_group()
+
+
+def test_gather_results_over_two_gloo_processes(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gather_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    got = torch.load(tmp_path / "gathered.pth", weights_only=True)
+    for i in range(5):
+        n = i % 3
+        assert torch.equal(got["boxes"][i], torch.arange(n * 7, dtype=torch.float32).reshape(n, 7) + i)
+        assert torch.equal(got["scores"][i], torch.full((n,), 0.1 * i))
+        assert torch.equal(got["labels"][i], torch.full((n,), i, dtype=torch.long))
+        assert torch.equal(got["point_labels"][i], torch.arange(i + 1) * 10 + i)
+        assert got["point_labels"][i].dtype == torch.int64
