@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pointwin.config import ConfigError, to_plain
-from pointwin.structures import collate
+from pointwin.structures import Boxes3D, Detections, collate
 
 from . import dist
 from .checkpoint import (
@@ -224,6 +224,17 @@ def _worker_init(worker_id: int) -> None:
     import random
 
     random.seed(seed)
+
+
+def _to_cpu_float(result: Any) -> Any:
+    """Move a prediction to the CPU; floating tensors become float32 (autocast may give bf16/fp16)."""
+    if isinstance(result, Detections):
+        return Detections(Boxes3D(result.boxes.tensor.detach().float().cpu()), result.scores.detach().float().cpu(),
+                          result.labels.detach().cpu())
+    if isinstance(result, torch.Tensor):
+        result = result.detach().cpu()
+        return result.float() if result.is_floating_point() else result
+    return result.to("cpu") if hasattr(result, "to") else result
 
 
 class _LossForward(torch.nn.Module):
@@ -534,7 +545,7 @@ class Trainer:
             batch = batch.to(self.device) if hasattr(batch, "to") else batch
             with self._autocast():
                 out = self.model.predict(batch)
-            results.extend(r.to("cpu") if hasattr(r, "to") else r for r in out)
+            results.extend(_to_cpu_float(r) for r in out)
         if len(results) != len(indices):
             raise RuntimeError(f"{type(self.model).__name__}.predict returned {len(results)} results for "
                                f"{len(indices)} samples")
