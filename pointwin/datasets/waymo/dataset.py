@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,10 @@ import torch
 from ...structures import Boxes3D, Sample
 from ..base import DATASETS, PointDataset
 
-__all__ = ["WAYMO_SEG_CLASSES", "WaymoDataset"]
+__all__ = ["WAYMO_SEG_CLASSES", "WAYMO_TYPES", "WaymoDataset"]
+
+#: Waymo Label.Type of each class name used in the infos.
+WAYMO_TYPES = {"Unknown": 0, "Vehicle": 1, "Pedestrian": 2, "Sign": 3, "Cyclist": 4}
 
 # Waymo's 22 lidar segmentation classes (Segmentation.Type 1..22; 0 = TYPE_UNDEFINED is ignored).
 WAYMO_SEG_CLASSES = ("car", "truck", "bus", "other_vehicle", "motorcyclist", "bicyclist", "pedestrian", "sign",
@@ -103,3 +107,76 @@ class WaymoDataset(PointDataset):
                             "difficulty": [d for d, k in zip(annos["difficulty"], keep) if k],
                             "num_lidar_pts": [d for d, k in zip(annos["num_lidar_points_in_box"], keep) if k],
                             "pose": info["pose"]})
+
+    # ---- evaluation -------------------------------------------------------------------------------
+    def _objects(self, results: Sequence | None):
+        from ...evaluation.waymo import WaymoObjects
+
+        if results is not None and len(results) != len(self.infos):
+            raise ValueError(f"WaymoDataset.evaluate: {len(results)} results for {len(self.infos)} frames")
+        gt = {"frame": [], "boxes": [], "types": [], "num_points": [], "difficulty": []}
+        pred = {"frame": [], "boxes": [], "types": [], "scores": []}
+        for i, info in enumerate(self.infos):
+            a = info["annos"]
+            n = len(a["names"])
+            gt["frame"] += [i] * n
+            gt["boxes"].append(np.asarray(a["boxes"], dtype=np.float64).reshape(-1, 9)[:, :7])
+            gt["types"] += [WAYMO_TYPES.get(name, 0) for name in a["names"]]
+            gt["num_points"] += list(a["num_lidar_points_in_box"])
+            gt["difficulty"] += list(a["difficulty"])
+            if results is None:
+                continue
+            det = results[i]
+            types = [WAYMO_TYPES.get(self.class_names[int(k)], 0) for k in det.labels.tolist()]
+            pred["frame"] += [i] * len(types)
+            pred["boxes"].append(det.boxes.tensor[:, :7].detach().cpu().double().numpy())
+            pred["types"] += types
+            pred["scores"].append(det.scores.detach().cpu().float().numpy().clip(0.0, 1.0))
+        keys = [(info["context_name"], info["timestamp_micros"]) for info in self.infos]
+        gt_objs = WaymoObjects(np.asarray(gt["frame"], np.int64), np.concatenate(gt["boxes"]) if gt["boxes"] else
+                               np.zeros((0, 7)), np.asarray(gt["types"], np.int64), None,
+                               np.asarray(gt["num_points"], np.int64), np.asarray(gt["difficulty"], np.int64),
+                               frame_keys=keys)
+        if results is None:
+            return gt_objs, None
+        pred_objs = WaymoObjects(np.asarray(pred["frame"], np.int64),
+                                 np.concatenate(pred["boxes"]) if pred["boxes"] else np.zeros((0, 7)),
+                                 np.asarray(pred["types"], np.int64),
+                                 np.concatenate(pred["scores"]) if pred["scores"] else np.zeros(0), frame_keys=keys)
+        return gt_objs, pred_objs
+
+    def evaluate(self, results: Sequence, **kwargs) -> dict[str, float]:
+        """Waymo AP/APH (LEVEL_1, LEVEL_2) of ``results`` (one Detections per frame, vehicle frame, labels
+        indexing ``class_names``) against the infos' labels, in memory.
+
+        Returns ``"<Class>/L1/mAP"``, ``"<Class>/L1/mAPH"``, ... for the dataset's classes and their means
+        ``"mAP/L2"``, ``"mAPH/L2"`` (the leaderboard's main number).
+        """
+        from ...evaluation.waymo import evaluate as waymo_evaluate
+
+        gt, pred = self._objects(results)
+        res = waymo_evaluate(pred, gt, breakdowns=("OBJECT_TYPE",), **kwargs)
+        out: dict[str, float] = {}
+        for name in self.class_names:
+            per = res.get(name.upper())
+            if per is None:
+                continue
+            for level in ("L1", "L2"):
+                for metric in ("mAP", "mAPH"):
+                    out[f"{name}/{level}/{metric}"] = float(per[level][metric])
+        for level in ("L1", "L2"):
+            for metric in ("mAP", "mAPH"):
+                vals = [out[f"{n}/{level}/{metric}"] for n in self.class_names if f"{n}/{level}/{metric}" in out]
+                if vals:
+                    out[f"{metric}/{level}"] = float(np.mean(vals))
+        return out
+
+    def format_results(self, results: Sequence, path: str | os.PathLike) -> Path:
+        """Write ``results`` as an official ``metrics.Objects`` ``.bin`` submission at ``path``."""
+        from ...evaluation.waymo import write_predictions
+
+        _, pred = self._objects(results)
+        names = [self.infos[f]["context_name"] for f in pred.frame]
+        stamps = [self.infos[f]["timestamp_micros"] for f in pred.frame]
+        write_predictions(path, pred.boxes, pred.types, pred.scores, names, stamps)
+        return Path(path)
