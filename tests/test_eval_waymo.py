@@ -530,3 +530,22 @@ def test_real_ground_truth_against_itself():
     r = evaluate_files(path, path)
     assert r["VEHICLE"]["L1"] == {"mAP": 1.0, "mAPH": 1.0}
     assert r["PEDESTRIAN"]["L2"]["mAP"] == 0.0  # no pedestrian in that file
+
+
+def test_objects_from_detections(tmp_path):
+    import torch
+
+    from pointwin.evaluation.waymo import objects_from_detections
+    from pointwin.structures import Boxes3D, Detections
+
+    dets = [Detections(Boxes3D(torch.tensor([_car(10), _car(20)], dtype=torch.float32)), torch.tensor([0.9, 0.2]),
+                       torch.tensor([0, 2])),
+            Detections(Boxes3D.empty(), torch.zeros(0), torch.zeros(0, dtype=torch.long))]
+    objs = objects_from_detections(dets, (1, 2, 4), [("ctx", 0, 5), ("ctx", 0, 6)])
+    np.testing.assert_array_equal(objs.types, [1, 4])
+    np.testing.assert_array_equal(objs.frame, [0, 0])
+    np.testing.assert_allclose(objs.scores, [0.9, 0.2], rtol=1e-6)
+    gt = _objects([_car(10)], num_points=np.array([100]))
+    assert evaluate(objs, gt)["VEHICLE"]["L1"]["mAP"] == 1.0
+    with pytest.raises(ValueError, match="label_to_type"):
+        objects_from_detections(dets, (1,))

@@ -203,6 +203,35 @@ def _range_bin(boxes: np.ndarray) -> np.ndarray:
     return np.where(dist < 30.0, 0, np.where(dist < 50.0, 1, 2))
 
 
+def objects_from_detections(results, label_to_type, frame_keys: list | None = None) -> WaymoObjects:
+    """Predictions as :class:`WaymoObjects` from one :class:`pointwin.structures.Detections` per frame.
+
+    Args:
+        results: per frame, Detections in the Waymo vehicle frame (boxes ``(x, y, z, dx, dy, dz, yaw)``).
+        label_to_type: Label.Type of each label index, e.g. ``(1, 2, 4)`` for (Vehicle, Pedestrian, Cyclist);
+            labels mapped to 0 are dropped.
+        frame_keys: optional frame names (e.g. ``(context_name, 0, timestamp_micros)``), one per frame.
+    """
+    lut = np.asarray(label_to_type, np.int64)
+    frames, boxes, types, scores = [], [], [], []
+    for i, det in enumerate(results):
+        b = det.boxes.tensor.detach().cpu().double().numpy()[:, :7]
+        lab = det.labels.detach().cpu().numpy().astype(np.int64)
+        if len(lab) and (lab.min() < 0 or lab.max() >= len(lut)):
+            raise ValueError(f"results[{i}]: label {lab.max()} has no entry in label_to_type (size {len(lut)})")
+        t = lut[lab]
+        keep = t > 0
+        frames.append(np.full(int(keep.sum()), i, np.int64))
+        boxes.append(b[keep])
+        types.append(t[keep])
+        scores.append(det.scores.detach().cpu().float().numpy()[keep])
+    if frame_keys is not None and len(frame_keys) != len(frames):
+        raise ValueError(f"{len(frame_keys)} frame_keys for {len(frames)} frames")
+    cat = [np.concatenate(x) if x else np.zeros(0) for x in (frames, types, scores)]
+    return WaymoObjects(cat[0], np.concatenate(boxes) if boxes else np.zeros((0, 7)), cat[1], cat[2],
+                        frame_keys=list(frame_keys or []))
+
+
 # ---- protobuf .bin files ----------------------------------------------------------------------------------
 def _frame_key(obj) -> tuple:
     return (obj.context_name, int(obj.camera_name), int(obj.frame_timestamp_micros))
