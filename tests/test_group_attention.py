@@ -192,3 +192,19 @@ def test_real_schemes_forward_and_gradcheck(case):
         torch.testing.assert_close(group_attention(q, k, v, p_var), out, msg=name)
     leaves = tuple(t.requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: group_attention(a, b, c, p), leaves, fast_mode=True)
+
+
+def test_long_group_path_matches_naive(monkeypatch):
+    # Groups at or above LONG_GROUP run one SDPA each on owner queries / non-pad keys: lower the threshold.
+    import pointwin.ops.attention.reference as ref_mod
+
+    monkeypatch.setattr(ref_mod, "LONG_GROUP", 9)
+    gen = torch.Generator().manual_seed(11)
+    groups, n = random_varlen_groups([1, 8, 9, 30, 12, 2], gen)
+    p = partition_from_groups(groups, n)
+    assert p.key_pad is not None
+    q, k, v = _qkv(n, 2, 4, dtype=torch.float64)
+    out = group_attention_varlen(q, k, v, p, scale=0.6)
+    torch.testing.assert_close(out, naive_group_attention(q, k, v, p, 0.6))
+    leaves = tuple(t.requires_grad_() for t in (q, k, v))
+    assert torch.autograd.gradcheck(lambda a, b, c: group_attention_varlen(a, b, c, p), leaves, fast_mode=True)

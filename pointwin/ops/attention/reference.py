@@ -19,6 +19,9 @@ SLA_EPS = 1e-6
 # Bucket lengths for variable-length groups: powers of two and 1.5x powers of two, so a group is padded
 # by at most 1.5x per side (a pure power-of-two ladder would waste up to 4x of the attention work).
 _MAX_BUCKET_ELEMS = 1 << 25  # score elements (groups x heads x L x L) per SDPA call, bounds peak memory
+# Groups at least this long skip the buckets: one unmasked SDPA call each on their owner queries and
+# non-pad keys (no padding waste, and SDPA can use its flash kernel). At most N / LONG_GROUP such calls.
+LONG_GROUP = 512
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition, op: str) -> None:
@@ -63,18 +66,23 @@ def group_attention_equal(q, k, v, partition: Partition, scale=None, dropout_p=0
     return out.reshape(G * S, *out.shape[2:])[partition.owner]
 
 
-def iter_buckets(partition: Partition, heads: int, max_elems: int | None = None):
+def iter_buckets(partition: Partition, heads: int, max_elems: int | None = None, max_size: int | None = None):
     """Yield ``(pos, valid)`` per bucket chunk: (B, L) slot of each padded place and whether it is real.
 
     Groups are padded to :func:`bucket_length`; each yielded chunk holds groups of one padded length L,
     at most ``max_elems // (heads * L * L)`` of them. Padding places repeat the group's first slot.
+    Groups longer than ``max_size`` are left out.
     """
     max_elems = _MAX_BUCKET_ELEMS if max_elems is None else max_elems
     offsets = partition.offsets
     sizes = partition.group_sizes()
     lengths = bucket_length(sizes)
+    if max_size is not None:
+        lengths = torch.where(sizes > max_size, torch.zeros_like(lengths), lengths)
     device = offsets.device
     for L in torch.unique(lengths).tolist():
+        if L == 0:
+            continue
         groups = (lengths == L).nonzero().squeeze(1)
         chunk = max(1, max_elems // (heads * L * L))
         ar = torch.arange(L, device=device)[None, :]
@@ -103,7 +111,7 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
     out_slots = q.new_zeros(partition.num_slots, H, v.shape[2])
     is_owner = _owner_mask(partition)
     key_ok = None if partition.key_pad is None else ~partition.key_pad
-    for pos, valid in iter_buckets(partition, H):
+    for pos, valid in iter_buckets(partition, H, max_size=LONG_GROUP - 1):
         vox = idx[pos]
         mask = valid if key_ok is None else valid & key_ok[pos]
         if bool(mask.all()):
@@ -111,6 +119,15 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
         o = _sdpa(q[vox], k[vox], v[vox], mask, scale, dropout_p)
         keep = valid & is_owner[pos]
         out_slots = out_slots.index_put((pos[keep],), o[keep])
+    long_groups = (partition.group_sizes() >= LONG_GROUP).nonzero().squeeze(1).tolist()
+    if long_groups:
+        bounds = partition.offsets.tolist()
+        for g in long_groups:
+            slots = torch.arange(bounds[g], bounds[g + 1], device=q.device)
+            qs = slots[is_owner[slots]]
+            ks = slots if key_ok is None else slots[key_ok[slots]]
+            o = _sdpa(q[idx[qs]][None], k[idx[ks]][None], v[idx[ks]][None], None, scale, dropout_p)[0]
+            out_slots = out_slots.index_put((qs,), o)
     return out_slots[partition.owner]
 
 
