@@ -309,8 +309,8 @@ class _SparseConvBase(nn.Module):
             self.__dict__["_spconv_module"] = mod
         mod.weight = self.weight  # shares the Parameter
         indice_dict = x.cache.setdefault(("spconv.indice_dict",), {})
-        t = spconv.SparseConvTensor(x.feats, x.coords, list(x.spatial_shape), x.batch_size,
-                                    indice_dict=indice_dict)
+        t = spconv.SparseConvTensor(x.feats, x.coords, list(x.spatial_shape), x.batch_size)
+        t.indice_dict = indice_dict  # spconv keeps its pair maps here, shared along the network
         y = mod(t)
         feats = y.features if self.bias is None else y.features + self.bias
         if cls_name == "SubMConv3d":
