@@ -356,6 +356,7 @@ def test_frame_to_points_all_lasers_both_returns(tmp_path):
 
 # ---- v2 Parquet --------------------------------------------------------------------------------------
 def test_real_v2_vehicle_pose_reads_float32_storage():
+    pytest.importorskip("pyarrow")
     from pointwin.datasets.waymo.v2 import read_vehicle_poses
 
     path = shared_file("waymo/v2/vehicle_pose/10023947602400723454_1120_000_1140_000.parquet")
@@ -551,6 +552,7 @@ def test_convert_v1_sharded_resumable(tmp_path, monkeypatch):
 
 
 def test_convert_v2_with_process_pool(tmp_path):
+    pytest.importorskip("pyarrow")
     from pointwin.datasets.waymo.convert import create_waymo_infos
 
     for name in ("segA", "segB"):
