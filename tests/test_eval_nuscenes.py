@@ -242,3 +242,120 @@ def test_quaternion_yaw_roundtrip_and_errors(tmp_path):
         NuScenesBoxes([0], [[0, 0, 0]], [[1, 1, 1]], [[1, 0, 0, 0]], [[0, 0]], [12], ego_dist=[1.0])
     with pytest.raises(ValueError, match="ego_dist"):
         NuScenesBoxes([0], [[0, 0, 0]], [[1, 1, 1]], [[1, 0, 0, 0]], [[0, 0]], [1])
+
+
+# ---- end to end through the nuScenes tables ------------------------------------------------------------------------
+_CATEGORIES = {"static_object.bicycle_rack": None, "vehicle.car": "car", "vehicle.truck": "truck",
+               "human.pedestrian.adult": "pedestrian",
+               "vehicle.bicycle": "bicycle", "movable_object.trafficcone": "traffic_cone",
+               "movable_object.barrier": "barrier"}
+
+
+def _write_mini_tables(root, rng, num_samples=4, num_objects=24):
+    """A tiny v1.0-mini database (scene-0103 of the mini_val split) the devkit can load."""
+    tok = iter(f"{i:032x}" for i in range(1, 100000))
+    t = {name: [] for name in ("category", "attribute", "visibility", "instance", "sensor", "calibrated_sensor",
+                               "ego_pose", "log", "scene", "sample", "sample_data", "sample_annotation", "map")}
+    cat_tok = {}
+    for name in _CATEGORIES:
+        cat_tok[name] = next(tok)
+        t["category"].append({"token": cat_tok[name], "name": name, "description": ""})
+    attr_tok = {}
+    for name in ATTRIBUTE_NAMES:
+        attr_tok[name] = next(tok)
+        t["attribute"].append({"token": attr_tok[name], "name": name, "description": ""})
+    vis = next(tok)
+    t["visibility"].append({"token": vis, "level": "v80-100", "description": ""})
+    sensor, calib, log, scene, map_tok = (next(tok) for _ in range(5))
+    t["sensor"].append({"token": sensor, "channel": "LIDAR_TOP", "modality": "lidar"})
+    t["calibrated_sensor"].append({"token": calib, "sensor_token": sensor, "translation": [0.9, 0.0, 1.8],
+                                   "rotation": [1, 0, 0, 0], "camera_intrinsic": []})
+    t["log"].append({"token": log, "logfile": "", "vehicle": "", "date_captured": "", "location": "boston-seaport"})
+    t["map"].append({"token": map_tok, "log_tokens": [log], "category": "semantic_prior", "filename": ""})
+    samples = [next(tok) for _ in range(num_samples)]
+    ego = []
+    for i, s in enumerate(samples):
+        ts = 1_500_000_000_000_000 + i * 500_000
+        pose, sd = next(tok), next(tok)
+        ego.append(np.array([300.0 + 4 * i, 600.0 + i, 0.0]))
+        t["ego_pose"].append({"token": pose, "timestamp": ts, "rotation": [1, 0, 0, 0], "translation": list(ego[-1])})
+        t["sample"].append({"token": s, "timestamp": ts, "scene_token": scene,
+                            "prev": samples[i - 1] if i else "", "next": samples[i + 1] if i + 1 < num_samples else ""})
+        t["sample_data"].append({"token": sd, "sample_token": s, "ego_pose_token": pose,
+                                 "calibrated_sensor_token": calib, "timestamp": ts, "fileformat": "pcd",
+                                 "is_key_frame": True, "height": 0, "width": 0,
+                                 "filename": f"samples/LIDAR_TOP/{i}.pcd.bin", "prev": "", "next": ""})
+    t["scene"].append({"token": scene, "log_token": log, "nbr_samples": num_samples, "first_sample_token": samples[0],
+                       "last_sample_token": samples[-1], "name": "scene-0103", "description": ""})
+    names = list(_CATEGORIES)
+    for k in range(num_objects):
+        cat = names[k] if k < len(names) else names[int(rng.integers(1, len(names)))]
+        inst = next(tok)
+        anns = [next(tok) for _ in range(num_samples)]
+        start = ego[0] + np.r_[rng.uniform(-45, 45, 2), 0.5]
+        vel = rng.normal(0, 2, 2) if k else np.zeros(2)
+        size = [float(v) for v in rng.uniform(0.6, 4.5, 3)]
+        if cat == "vehicle.bicycle" and k < len(names):  # the first bicycle stands in the rack (object 0)
+            start, vel = np.asarray(t["sample_annotation"][0]["translation"]), np.zeros(2)
+        det = _CATEGORIES[cat]
+        attrs = [a for a in ATTRIBUTE_NAMES if det and a.split(".")[0] in
+                 {"car": "vehicle", "truck": "vehicle", "pedestrian": "pedestrian", "bicycle": "cycle"}.get(det, "-")]
+        attr = [attr_tok[attrs[int(rng.integers(len(attrs)))]]] if attrs else []
+        for i, a in enumerate(anns):
+            pos = np.asarray(start, float) + np.r_[vel * 0.5 * i, 0.0]
+            t["sample_annotation"].append({
+                "token": a, "sample_token": samples[i], "instance_token": inst, "visibility_token": vis,
+                "attribute_tokens": attr, "translation": [float(v) for v in pos],
+                "size": [3.0, 3.0, 2.0] if det is None else size,
+                "rotation": [float(v) for v in yaw_quaternion(np.array([rng.uniform(-3, 3)]))[0]],
+                "prev": anns[i - 1] if i else "", "next": anns[i + 1] if i + 1 < num_samples else "",
+                "num_lidar_pts": int(rng.choice([0, 3, 40], p=[0.15, 0.25, 0.6])), "num_radar_pts": 0})
+        t["instance"].append({"token": inst, "category_token": cat_tok[cat], "nbr_annotations": num_samples,
+                              "first_annotation_token": anns[0], "last_annotation_token": anns[-1]})
+    table_dir = root / "v1.0-mini"
+    table_dir.mkdir(parents=True)
+    for name, records in t.items():
+        (table_dir / f"{name}.json").write_text(json.dumps(records))
+    return samples, ego, t["sample_annotation"]
+
+
+def test_evaluate_files_matches_devkit_detection_eval(tmp_path):
+    from nuscenes import NuScenes
+    from nuscenes.eval.common.config import config_factory
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    from pointwin.evaluation.nuscenes import evaluate_files
+
+    rng = np.random.default_rng(4)
+    samples, ego, anns = _write_mini_tables(tmp_path / "nusc", rng)
+    index = {s: i for i, s in enumerate(samples)}
+    rows = []
+    for a in anns:  # detections: jittered copies of most annotations (as a detector would), plus clutter
+        if rng.random() < 0.8:
+            rows.append((index[a["sample_token"]], np.asarray(a["translation"]) + np.r_[rng.normal(0, 0.6, 2), 0],
+                         a["size"], a["rotation"], a["instance_token"], rng.random()))
+    tables = tmp_path / "nusc" / "v1.0-mini"
+    cats = {c["token"]: c["name"] for c in json.loads((tables / "category.json").read_text())}
+    inst_cat = {r["token"]: _CATEGORIES[cats[r["category_token"]]]
+                for r in json.loads((tables / "instance.json").read_text())}
+    rows = [r for r in rows if inst_cat[r[4]] is not None]
+    n = len(rows)
+    labels = np.array([DETECTION_CLASSES.index(inst_cat[r[4]]) for r in rows])
+    attrs = np.array([{"car": 5, "truck": 6, "pedestrian": 0, "bicycle": 3}.get(DETECTION_CLASSES[c], -1)
+                      for c in labels])
+    sample = np.array([r[0] for r in rows])
+    trans = np.array([r[1] for r in rows])
+    pred = NuScenesBoxes(sample, trans, np.array([r[2] for r in rows]), np.array([r[3] for r in rows]),
+                         rng.normal(0, 2, (n, 2)), labels, np.array([r[5] for r in rows]), attrs,
+                         np.zeros(n), sample_tokens=samples)
+    result_path = tmp_path / "results.json"
+    write_submission(result_path, pred)
+    ours = evaluate_files(result_path, tmp_path / "nusc", version="v1.0-mini", eval_set="mini_val")
+    nusc = NuScenes(version="v1.0-mini", dataroot=str(tmp_path / "nusc"), verbose=False)
+    ref, _ = DetectionEval(nusc, config_factory("detection_cvpr_2019"), str(result_path), "mini_val",
+                           str(tmp_path / "out"), verbose=False).evaluate()
+    assert ours["nd_score"] == pytest.approx(ref.nd_score, abs=1e-9)
+    assert ours["mean_ap"] == pytest.approx(ref.mean_ap, abs=1e-9)
+    for m in TP_METRICS:
+        assert ours["tp_errors"][m] == pytest.approx(ref.tp_errors[m], abs=1e-9, nan_ok=True)
+    assert ours["mean_ap"] > 0.1
