@@ -216,12 +216,17 @@ def _precision(x: torch.Tensor) -> str:
     return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
-def _config(q: torch.Tensor, block_m: int | None, block_n: int | None) -> tuple[int, int, bool]:
+def _config(q: torch.Tensor, offsets: torch.Tensor, block_m: int | None,
+            block_n: int | None) -> tuple[int, int, bool]:
+    """Block sizes and whether to compute in fp32 (always under the interpreter: its bf16 math is wrong)."""
     f32 = q.dtype == torch.float32 or _interpreted()
+    # Short groups waste most of a 64-slot block: use 32-slot blocks when the mean group is short.
+    mean_size = int(offsets[-1]) / max(offsets.numel() - 1, 1)
+    default = 16 if _interpreted() else (32 if mean_size <= 48 else 64)
     if block_m is None:
-        block_m = 16 if _interpreted() else 64
+        block_m = default
     if block_n is None:
-        block_n = 16 if _interpreted() else (64 if q.shape[-1] <= 64 else 32)
+        block_n = default if q.shape[-1] <= 64 else min(default, 32)
     return block_m, block_n, f32
 
 
@@ -232,7 +237,7 @@ class _GroupAttention(torch.autograd.Function):
         N, H, D = q.shape
         DV = v.shape[2]
         M = index.numel()
-        block_m, block_n, f32 = _config(q, block_m, block_n)
+        block_m, block_n, f32 = _config(q, offsets, block_m, block_n)
         bs, be, bg = block_table(offsets, block_m)
         out = torch.zeros(N, H, DV, device=q.device, dtype=q.dtype)
         lse = torch.empty(M, H, device=q.device, dtype=torch.float32)
