@@ -22,6 +22,8 @@ predictions and ground truths and one-to-one pairs (the vast majority) are count
 at once with numpy; only components with competing boxes are solved by an optimal assignment
 once per distinct set of surviving predictions (at most one per member score, not one per cut-off),
 with a Hungarian algorithm compiled by numba (tests check it against ``scipy.optimize.linear_sum_assignment``).
+Components come from ``scipy.sparse.csgraph``. Where two assignments have exactly the same total IoU,
+the one chosen may differ from the library's (TP/FP/FN counts are the same; APH can differ).
 """
 
 from __future__ import annotations
