@@ -674,3 +674,22 @@ def test_waymo_dataset_evaluate_and_submission(tmp_path):
     mem = ds.evaluate(predictions(mixed))
     assert 0.0 < files["VEHICLE"]["L2"]["mAP"] < 1.0
     assert mem["Vehicle/L2/mAP"] == pytest.approx(files["VEHICLE"]["L2"]["mAP"], abs=1e-9)
+
+
+def test_split_info_file_written_by_the_last_shard(tmp_path):
+    from pointwin.datasets.waymo.convert import create_waymo_infos
+
+    src = _v1_segments(tmp_path, 3)
+    out = tmp_path / "out"
+    first = create_waymo_infos(src, out, shard=(1, 2), workers=1, progress=False, split="val")
+    assert first == out / "waymo_infos_val_shard1of2.json" and not (out / "waymo_infos_val.json").exists()
+    last = create_waymo_infos(src, out, shard=(0, 2), workers=1, progress=False, split="val")
+    assert last == out / "waymo_infos_val.json"
+    infos = json.loads(last.read_text())
+    assert [i["segment"] for i in infos] == ["segment-0"] * 2 + ["segment-1"] * 2 + ["segment-2"] * 2
+
+
+def test_datasets_registered_for_configs():
+    from pointwin.datasets import DATASETS
+
+    assert "NuScenesDataset" in DATASETS and "WaymoDataset" in DATASETS

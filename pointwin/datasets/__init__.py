@@ -3,6 +3,7 @@
 from .base import DATASETS, InfoDataset, PointDataset, load_points, read_infos, save_points
 from .gt_sampling import GTSampling, build_gt_database
 from .kitti import KittiDataset
+from .nuscenes import NuScenesDataset
 from .synthetic import (
     CLASS_NAMES,
     HDL32,
@@ -25,6 +26,7 @@ from .transforms import (
     ShufflePoints,
     build_transforms,
 )
+from .waymo.dataset import WaymoDataset
 
 __all__ = [
     "CLASS_NAMES",
@@ -45,10 +47,12 @@ __all__ = [
     "InfoDataset",
     "KittiDataset",
     "LidarConfig",
+    "NuScenesDataset",
     "PointDataset",
     "SceneConfig",
     "SyntheticDataset",
     "SyntheticScene",
+    "WaymoDataset",
     "create_synthetic",
     "generate_scene",
     "load_points",

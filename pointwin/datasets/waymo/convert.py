@@ -7,7 +7,8 @@ Output layout under ``out``::
     <segment>/<timestamp_micros>.seg.npy  int32 (N, 2) instance id, semantic class per point (-1 unlabelled),
                                        only for frames with segmentation labels (``seg_path`` in the info)
     <segment>/infos.json               list of frame infos (see :func:`_frame_info`)
-    waymo_infos_shard<i>of<n>.json     the infos of every segment of that shard
+    waymo_infos[_<split>]_shard<i>of<n>.json   the infos of every segment of that shard
+    waymo_infos_<split>.json           all segments of the source, once every shard has finished
     waymo_infos.json                   :func:`merge_waymo_infos` of all finished segments
 
 A segment is written into ``.partial-<segment>-<pid>`` and renamed to ``<segment>`` when complete, so a
@@ -174,12 +175,15 @@ def convert_segment(kind: str, source: str, segment: str, out: str | os.PathLike
 
 def create_waymo_infos(src: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
                        shard: tuple[int, int] = (0, 1), workers: int = 4, progress: bool = True,
-                       root: str | os.PathLike | None = None) -> Path:
+                       split: str | None = None, root: str | os.PathLike | None = None) -> Path:
     """Convert the segments of shard ``shard = (i, n)`` under ``src`` into ``out``.
 
     Finished segments are skipped, so re-running after an interruption resumes. ``workers <= 1`` runs in
-    this process. Writes and returns ``out/waymo_infos_shard<i>of<n>.json`` (the shard's frame infos).
-    ``root`` is accepted as another name for ``src`` (the CLI passes ``root=``); ``out`` defaults to ``src``.
+    this process. Writes ``out/waymo_infos[_<split>]_shard<i>of<n>.json`` (the shard's frame infos). With
+    ``split`` (e.g. "train", "val"), the run that finds every segment of ``src`` finished (the last shard)
+    also writes ``out/waymo_infos_<split>.json`` over all of them, so train and val can share ``out``.
+    Returns the split file when written, else the shard file. ``root`` is accepted as another name for
+    ``src`` (the CLI passes ``root=``); ``out`` defaults to ``src``.
     """
     if src is None:
         src = root
@@ -216,22 +220,27 @@ def create_waymo_infos(src: str | os.PathLike | None = None, out: str | os.PathL
                     bar.update(1)
     finally:
         bar.close()
-    infos = []
-    for seg in mine:
-        infos.extend(json.loads((out / seg / "infos.json").read_text()))
-    path = out / f"waymo_infos_shard{i}of{n}.json"
-    _write_json(path, infos)
+    prefix = f"waymo_infos_{split}" if split else "waymo_infos"
+    path = out / f"{prefix}_shard{i}of{n}.json"
+    _write_json(path, _collect(out, mine))
+    if split and all((out / s).is_dir() for s in segments):
+        path = out / f"{prefix}.json"
+        _write_json(path, _collect(out, sorted(segments)))
     return path
+
+
+def _collect(out: Path, segments: list[str]) -> list[dict]:
+    infos = []
+    for seg in segments:
+        infos.extend(json.loads((out / seg / "infos.json").read_text()))
+    return infos
 
 
 def merge_waymo_infos(out: str | os.PathLike, name: str = "waymo_infos.json") -> list[dict]:
     """Concatenate the infos of every finished segment under ``out`` into ``out/<name>``."""
     out = Path(out)
-    infos = []
-    for seg_infos in sorted(out.glob("*/infos.json")):
-        if seg_infos.parent.name.startswith(".partial-"):
-            continue
-        infos.extend(json.loads(seg_infos.read_text()))
+    segments = sorted(p.parent.name for p in out.glob("*/infos.json") if not p.parent.name.startswith(".partial-"))
+    infos = _collect(out, segments)
     _write_json(out / name, infos)
     return infos
 
@@ -255,10 +264,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("src", help="folder of *.tfrecord files (v1) or a v2 root holding lidar/, lidar_box/, ...")
     ap.add_argument("out", help="output folder")
     ap.add_argument("--shard", default="0/1", help="i/n: convert every n-th segment starting at i")
+    ap.add_argument("--split", default=None, help="name of the split (writes waymo_infos_<split>.json when done)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--merge", action="store_true", help="also write waymo_infos.json over all finished segments")
     args = ap.parse_args(argv)
-    path = create_waymo_infos(args.src, args.out, shard=parse_shard(args.shard), workers=args.workers)
+    path = create_waymo_infos(args.src, args.out, shard=parse_shard(args.shard), workers=args.workers,
+                              split=args.split)
     print(f"{len(json.loads(path.read_text()))} frames in shard {args.shard}: {path}")
     if args.merge:
         print(f"{len(merge_waymo_infos(args.out))} frames in {Path(args.out) / 'waymo_infos.json'}")
