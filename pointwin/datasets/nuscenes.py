@@ -295,7 +295,7 @@ def _lidarseg_map(tables: NuScenesTables) -> list[int]:
 
 def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval", out: str | os.PathLike | None = None,
                           max_sweeps: int = 10, splits: dict[str, Sequence[str]] | None = None,
-                          ) -> dict[str, Path]:
+                          progress: bool = True) -> dict[str, Path]:
     """Build the info lists of every split of ``version`` and write ``nuscenes_infos_<version>_<split>.json``.
 
     Args:
@@ -303,6 +303,7 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
         out: output folder (default ``root``).
         max_sweeps: previous LIDAR_TOP sweeps recorded per keyframe.
         splits: ``{split name: [scene names]}``; default the official split of ``version``.
+        progress: show a progress bar over the samples.
     Returns:
         ``{split: path of the written info file}``.
     """
@@ -324,7 +325,10 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
         for name in names:
             split_of_scene[name] = split
     result: dict[str, list[dict]] = {split: [] for split in splits}
-    for sample in sorted(tables["sample"], key=lambda s: (scene_name.get(s["scene_token"], ""), s["timestamp"])):
+    from tqdm import tqdm
+
+    ordered = sorted(tables["sample"], key=lambda s: (scene_name.get(s["scene_token"], ""), s["timestamp"]))
+    for sample in tqdm(ordered, desc=f"nuScenes {version} infos", unit="sample", disable=not progress):
         split = split_of_scene.get(scene_name.get(sample["scene_token"], ""))
         if split is None:
             continue
