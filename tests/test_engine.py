@@ -232,3 +232,42 @@ def test_gather_results_single_process_orders_by_index():
          for i in range(3)]
     out = gather_results([2, 0, 1], [d[2], d[0], d[1]], 3)
     assert [float(r.boxes.tensor[0, 0]) for r in out] == [0.0, 1.0, 2.0]
+
+
+# ---------------------------------------------------------------- evaluator selection
+class _SegFrames:
+    class_names = ("a", "b")
+
+    def __init__(self) -> None:
+        self.labels = [torch.tensor([0, 0, 1, 1]), torch.tensor([1, -1])]
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(point_labels=self.labels[i])
+
+
+def test_dataset_evaluator_segmentation_by_hand():
+    from pointwin.engine.builders import dataset_evaluator
+
+    ev = dataset_evaluator(_SegFrames(), {"type": "segmentation"})
+    # frame 0: one "b" point predicted "a"; frame 1: ignore label -1 not counted
+    m = ev([torch.tensor([0, 0, 0, 1]), torch.tensor([1, 0])])
+    # class a: tp 2, gt 2, pred 3 -> 2/3; class b: tp 2, gt 3, pred 2 -> 2/3
+    assert m["IoU/a"] == pytest.approx(2 / 3) and m["IoU/b"] == pytest.approx(2 / 3)
+    assert m["mIoU"] == pytest.approx(2 / 3) and m["accuracy"] == pytest.approx(4 / 5)
+
+
+def test_dataset_evaluator_prefers_dataset_method_and_detection_fallback():
+    from pointwin.config import ConfigError
+    from pointwin.engine.builders import dataset_evaluator
+
+    ds = TinyBoxDataset(2)
+    perfect = [Detections(ds[i].boxes, torch.ones(1), torch.zeros(1).long()) for i in range(2)]
+    assert dataset_evaluator(ds)(perfect)["centre_error"] == 0
+    with pytest.raises(ConfigError, match="eval.type"):
+        dataset_evaluator(ds, {"type": "bogus"})
+    assert dataset_evaluator(object()) is None
