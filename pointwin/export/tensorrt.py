@@ -6,7 +6,10 @@ tactics) is what makes naive engines slower than PyTorch. Here the dynamic dimen
 N, groups G_i of every partition) are measured on real frames by :func:`collect_profile` and written to
 ``profile.json``::
 
-    min = smallest value seen, opt = median, max = ceil(largest value seen * headroom)
+    min = smallest legal size (2 points / voxels, 1 group) so that a near-empty frame still runs,
+          or the smallest value seen with ``min_from_data=True``;
+    opt = median over the frames (TensorRT picks its tactics for this shape);
+    max = ceil(largest value seen * headroom).
 
 :func:`build_engines` then builds ``backbone.plan`` and ``head.plan`` (fp16 by default) with one profile
 each. Requires the ``tensorrt`` Python package (TensorRT >= 10) and an NVIDIA GPU.
@@ -57,21 +60,24 @@ def frame_dims(frame: PreprocessedFrame) -> dict[str, int]:
     return dims
 
 
-def summarize(samples: list[dict[str, int]], headroom: float = 1.2) -> dict[str, dict[str, int]]:
-    """min / opt (median) / max (largest * headroom, rounded up) per dimension."""
+def summarize(samples: list[dict[str, int]], headroom: float = 1.2, min_from_data: bool = False
+              ) -> dict[str, dict[str, int]]:
+    """min / opt (median, rounded down) / max (largest * headroom, rounded up) per dimension."""
     if not samples:
         raise ValueError("profile: no frames measured")
     out = {}
     for key in samples[0]:
         v = np.array([s[key] for s in samples], dtype=np.int64)
         lo, hi = int(v.min()), int(v.max())
-        out[key] = {"min": max(1, lo), "opt": int(np.median(v)), "max": max(hi, int(math.ceil(hi * headroom)))}
+        legal = 1 if key.endswith("_groups") else 2
+        low = max(legal, lo) if min_from_data else legal
+        out[key] = {"min": low, "opt": int(np.floor(np.median(v))), "max": max(hi, int(math.ceil(hi * headroom)))}
         out[key]["opt"] = min(max(out[key]["opt"], out[key]["min"]), out[key]["max"])
     return out
 
 
 def collect_profile(detector: torch.nn.Module, clouds: Iterable[Points], headroom: float = 1.2,
-                    max_frames: int | None = None) -> dict:
+                    max_frames: int | None = None, min_from_data: bool = False) -> dict:
     """Measure the dynamic dims over ``clouds`` (one Points batch each) -> profile dict (see module doc)."""
     pre = Preprocessor(detector)
     samples = []
@@ -79,7 +85,7 @@ def collect_profile(detector: torch.nn.Module, clouds: Iterable[Points], headroo
         if max_frames is not None and i >= max_frames:
             break
         samples.append(frame_dims(pre(points)))
-    return {"frames": len(samples), "headroom": headroom, "dims": summarize(samples, headroom)}
+    return {"frames": len(samples), "headroom": headroom, "dims": summarize(samples, headroom, min_from_data)}
 
 
 def save_profile(profile: dict, out_dir: str | Path) -> Path:

@@ -1,0 +1,344 @@
+"""Deployment: ONNX export + onnxruntime parity, the index_add duplicate-index case, checkpoint converters,
+TensorRT profiles (engines only where TensorRT and a GPU exist)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from pointwin.config import load_config
+from pointwin.models import build_model
+from pointwin.structures import Points
+from tests.conftest import shared_file
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+NUSCENES_FRAME = "nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
+NUSCENES_SMALL = "nuscenes/n008-2018-09-18-12-07-26-0400__LIDAR_TOP__1537287083900561.pcd.bin"
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
+
+
+def _nuscenes_points(relpath: str) -> Points:
+    data = np.fromfile(shared_file(relpath), dtype=np.float32).reshape(-1, 5)
+    pts = torch.from_numpy(data[:, :4].copy())
+    return Points(pts, torch.zeros(len(pts), dtype=torch.long), 1)
+
+
+def _model(config: str, overrides=()):
+    torch.manual_seed(0)
+    cfg = load_config(config, list(overrides))
+    model = build_model(cfg["model"]).eval()
+    # non-trivial BatchNorm statistics in the VFE / 3D backbone, so that eval-mode norms are not identities
+    # (the head keeps its init: random statistics there saturate the heatmap into exact score ties)
+    with torch.no_grad():
+        for m in [*model.vfe.modules(), *model.backbone.modules()]:
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model, cfg
+
+
+# ------------------------------------------------------------------ index_add with repeated indices
+
+class _IndexAdd(torch.nn.Module):
+    def forward(self, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(4, src.shape[1], dtype=src.dtype).index_add_(0, index, src)
+
+
+class _IndexPutAccumulate(torch.nn.Module):
+    def forward(self, src: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(4, src.shape[1], dtype=src.dtype).index_put((index,), src, accumulate=True)
+
+
+def _run_onnx(path, src, index):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"src": src.numpy(), "index": index.numpy()})[0]
+
+
+@pytest.mark.parametrize("module", [_IndexAdd, _IndexPutAccumulate])
+def test_index_add_repeated_indices_dynamo(module, tmp_path):
+    src = torch.arange(12, dtype=torch.float32).view(6, 2)
+    index = torch.tensor([0, 1, 1, 3, 3, 3])
+    # hand-worked sums: row 1 = [2+4, 3+5], row 3 = [6+8+10, 7+9+11]
+    expected = np.array([[0, 1], [6, 8], [0, 0], [24, 27]], dtype=np.float32)
+    np.testing.assert_array_equal(module()(src, index).numpy(), expected)
+    program = torch.onnx.export(module(), (src, index), dynamo=True, input_names=["src", "index"],
+                                output_names=["out"], verbose=False)
+    program.save(str(tmp_path / "m.onnx"))
+    np.testing.assert_array_equal(_run_onnx(tmp_path / "m.onnx", src, index), expected)
+    # a different index pattern through the same graph: the reduction is in the graph, not constant-folded
+    index2 = torch.tensor([2, 2, 2, 2, 0, 0])
+    np.testing.assert_array_equal(_run_onnx(tmp_path / "m.onnx", src, index2), module()(src, index2).numpy())
+
+
+def test_legacy_exporter_overwrites_repeated_indices(tmp_path):
+    """Why pointwin uses dynamo=True: the legacy TorchScript exporter turns index_put(accumulate=True) with
+    repeated indices into a ScatterND overwrite (last write wins) and refuses index_add_ outright."""
+    src = torch.arange(12, dtype=torch.float32).view(6, 2)
+    index = torch.tensor([0, 1, 1, 3, 3, 3])
+    path = tmp_path / "legacy.onnx"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_IndexPutAccumulate(), (src, index), str(path), dynamo=False,
+                              input_names=["src", "index"], output_names=["out"], opset_version=17)
+    except Exception as e:  # the legacy exporter is deprecated and may be gone
+        pytest.skip(f"legacy exporter unavailable: {type(e).__name__}")
+    got = _run_onnx(path, src, index)
+    # last write wins: row 1 = src[2], row 3 = src[5]
+    np.testing.assert_array_equal(got, np.array([[0, 1], [4, 5], [0, 0], [10, 11]], dtype=np.float32))
+
+
+# ------------------------------------------------------------------ whole-detector export + parity
+
+@pytest.fixture(scope="module")
+def flatformer_export(tmp_path_factory):
+    from pointwin.export.onnx import export_onnx
+
+    model, cfg = _model("configs/synthetic/flatformer_tiny.yaml")
+    points = _nuscenes_points(NUSCENES_FRAME)
+    out = tmp_path_factory.mktemp("flatformer_onnx")
+    result = export_onnx(model, points, out, model_cfg=cfg["model"])
+    return model, cfg, result
+
+
+def test_export_writes_graphs_and_meta(flatformer_export):
+    import onnx
+
+    model, _, result = flatformer_export
+    meta = json.loads(result.meta.read_text())
+    assert meta["format"] == "pointwin-deploy-1"
+    # FlatFormer reads four partitions (x, x-shift, y, y-shift) and one sinusoidal position tensor
+    kinds = [e["kind"] for e in meta["cache_entries"]]
+    assert kinds == ["partition"] * 4 + ["tensor"]
+    assert [e["size"] for e in meta["cache_entries"]] == [64, 64, 64, 64, 32]
+    g1 = onnx.load(str(result.backbone))
+    onnx.checker.check_model(g1)
+    assert [i.name for i in g1.graph.input] == meta["backbone"]["inputs"]
+    # dynamic dims are symbolic in the graph: points, voxels, groups
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in g1.graph.input}
+    assert isinstance(dims["point_feats"][0], str) and isinstance(dims["p0_index"][0], str)
+    assert dims["p0_index"][1] == 64 and isinstance(dims["p0_owner"][0], str)
+    g2 = onnx.load(str(result.head))
+    assert [o.name for o in g2.graph.output] == meta["head"]["outputs"]
+    assert meta["head"]["outputs"][:2] == ["task0.heatmap", "task0.center"]
+
+
+def test_onnx_parity_real_nuscenes_frame(flatformer_export):
+    from pointwin.export.onnx import TOLERANCES, parity_check
+
+    model, _, result = flatformer_export
+    points = _nuscenes_points(NUSCENES_FRAME)
+    lines = []
+    report = parity_check(model, result.out_dir, points, printer=lines.append)
+    assert len(lines) == 3 and lines[0].startswith("voxel features: max abs")
+    assert report.voxel_abs <= TOLERANCES["voxel_feats_atol"]
+    assert report.head_abs <= TOLERANCES["head_atol"]
+    assert report.num_unique > 0 and report.num_unmatched == 0
+    assert report.box_abs <= TOLERANCES["box_atol"] and report.score_abs <= TOLERANCES["score_atol"]
+
+
+def test_onnx_runtime_other_sizes(flatformer_export):
+    """The graphs are dynamic: a 400-point sweep (fewer voxels than one group, repeated slots with key_pad)
+    and a cropped frame run through the same files and match PyTorch."""
+    from pointwin.export.onnx import parity_check
+    from pointwin.export.runtime import OnnxDetector
+
+    model, _, result = flatformer_export
+    sweep = _nuscenes_points(NUSCENES_SMALL)
+    small = Points(sweep.data[:80], sweep.batch_idx[:80], 1)
+    runtime = OnnxDetector(result.out_dir)  # pre/post rebuilt from deploy.json's model config
+    frame = runtime.preprocess(small)
+    assert frame.num_voxels < 64 and bool(frame.cache_tensors[1].any())  # one padded group
+    report = parity_check(model, result.out_dir, small, printer=lambda s: None)
+    assert report.voxel_abs <= 1e-3 and report.head_abs <= 1e-3
+    full = _nuscenes_points(NUSCENES_FRAME)
+    near = full.data[:, :2].abs().max(1).values < 20
+    cropped = Points(full.data[near], full.batch_idx[near], 1)
+    report = parity_check(model, result.out_dir, cropped, printer=lambda s: None)
+    assert report.failures() == []
+    # the runtime's own detections equal the PyTorch detector's
+    dets = runtime(cropped)[0]
+    ref = model.head.predict(model.head(model.backbone_2d(model.scatter(model.backbone(model.vfe(cropped))))))[0]
+    assert len(dets.scores) == len(ref.scores)
+    torch.testing.assert_close(dets.scores.sort().values, ref.scores.sort().values, atol=1e-4, rtol=0)
+
+
+def test_onnx_parity_fails_loudly(flatformer_export):
+    from pointwin.export.onnx import ParityError, parity_check
+
+    model, _, result = flatformer_export
+    points = _nuscenes_points(NUSCENES_SMALL)
+    other, _ = _model("configs/synthetic/flatformer_tiny.yaml")
+    with torch.no_grad():
+        for p in other.backbone.parameters():
+            p.add_(0.05)
+    with pytest.raises(ParityError, match="voxel features max abs"):
+        parity_check(other, result.out_dir, points, printer=lambda s: None)
+
+
+def test_dsvt_export_parity(tmp_path):
+    from pointwin.export.onnx import export_onnx, parity_check
+
+    model, cfg = _model("configs/synthetic/dsvt_pillar_tiny.yaml",
+                        ["model.point_cloud_range=[-20.48, -20.48, -3.0, 20.48, 20.48, 3.0]"])
+    points = _nuscenes_points(NUSCENES_FRAME)
+    result = export_onnx(model, points, tmp_path, model_cfg=cfg["model"])
+    meta = json.loads(result.meta.read_text())
+    # two shifts x (y-major, x-major) partitions of sets of 36, and one window position (N, 2) per shift
+    assert [(e["kind"], e["size"]) for e in meta["cache_entries"]] == [
+        ("partition", 36), ("partition", 36), ("tensor", 2), ("partition", 36), ("partition", 36), ("tensor", 2)]
+    report = parity_check(model, tmp_path, points, printer=lambda s: None)
+    assert report.failures() == [] and report.num_unique > 0
+
+
+def test_unsupported_backbones_are_named():
+    from pointwin.export.modules import Preprocessor
+
+    model, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml",
+                      ["+model.backbone.downsample_stride=[[2, 2, 1]]"])
+    pre = Preprocessor(model)
+    with pytest.raises(NotImplementedError, match="multi-stage DSVT"):
+        pre(_nuscenes_points(NUSCENES_SMALL))
+
+
+# ------------------------------------------------------------------ converters
+
+@pytest.mark.parametrize("config,source", [("configs/synthetic/dsvt_pillar_tiny.yaml", "openpcdet"),
+                                           ("configs/synthetic/flatformer_tiny.yaml", "mmdet3d")])
+def test_converter_round_trip(config, source):
+    from pointwin.export.converters import build_keymap, from_reference, to_reference
+
+    model, _ = _model(config)
+    state = model.state_dict()
+    keymap = build_keymap(model, source)
+    assert keymap.pointwin_only == []
+    ref = to_reference(state, model, source)
+    assert len(ref) == len(state)
+    back = from_reference(ref, model, source)
+    assert back.unmatched_reference == [] and back.missing_pointwin == [] and back.shape_mismatch == []
+    assert set(back.state_dict) == set(state)
+    for k, v in state.items():
+        assert torch.equal(back.state_dict[k], v), k
+
+
+def test_converter_reference_names():
+    """Spot checks against the names in the reference checkpoints (OpenPCDet DSVT / CenterHead,
+    FlatFormer-mmdet3d middle encoder, SECOND/SECONDFPN, mmdet3d CenterHead)."""
+    from pointwin.export.converters import build_keymap
+
+    dsvt, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml")
+    m = build_keymap(dsvt, "openpcdet").to_reference
+    assert m["backbone.stages.0.1.0.attn.qkv.weight"] == \
+        "backbone_3d.stage_0.1.encoder_list.0.win_attn.self_attn.in_proj_weight"
+    assert m["backbone.stages.0.0.1.ffn.fc2.bias"] == "backbone_3d.stage_0.0.encoder_list.1.win_attn.linear2.bias"
+    assert m["backbone.pos_embed.0.1.0.mlp.3.weight"] == \
+        "backbone_3d.input_layer.posembed_layers.0.1.0.position_embedding_head.3.weight"
+    assert m["backbone.residual_norms.0.1.weight"] == "backbone_3d.residual_norm_stage_0.1.weight"
+    assert m["vfe.layers.0.norm.running_var"] == "vfe.pfn_layers.0.norm.running_var"
+    assert m["backbone_2d.blocks.0.0.0.weight"] == "backbone_2d.blocks.0.1.weight"  # index 0 is ZeroPad2d
+    assert m["head.heads.0.branches.heatmap.3.bias"] == "dense_head.heads_list.0.hm.1.bias"
+    assert m["head.heads.0.branches.center_z.1.weight"] == "dense_head.heads_list.0.center_z.0.1.weight"
+    flat, _ = _model("configs/synthetic/flatformer_tiny.yaml")
+    m = build_keymap(flat, "mmdet3d").to_reference
+    assert m["backbone.layers.3.attn.qkv.weight"] == "pts_middle_encoder.block_list.0.block.3.attn.attn.in_proj_weight"
+    assert m["backbone.layers.2.attn.proj.bias"] == "pts_middle_encoder.block_list.0.block.2.attn.attn.out_proj.bias"
+    assert m["backbone.layers.1.ffn.fc1.weight"] == "pts_middle_encoder.block_list.0.block.1.fc1.weight"
+    assert m["vfe.layers.0.linear.weight"] == "pts_voxel_encoder.vfe_layers.0.0.weight"
+    assert m["backbone_2d.blocks.1.1.1.running_mean"] == "pts_backbone.blocks.1.4.running_mean"
+    assert m["backbone_2d.deblocks.1.0.weight"] == "pts_neck.deblocks.1.0.weight"
+    assert m["head.shared_conv.1.weight"] == "pts_bbox_head.shared_conv.bn.weight"
+    assert m["head.heads.0.branches.center.0.weight"] == "pts_bbox_head.task_heads.0.reg.0.conv.weight"
+    assert m["head.heads.0.branches.center_z.3.bias"] == "pts_bbox_head.task_heads.0.height.1.bias"
+
+
+def test_load_openpcdet_checkpoint_file(tmp_path):
+    """A checkpoint in OpenPCDet's layout ({'model_state': ...}, with the reference-only encoder norms)
+    loads into a fresh model, lists the unmatched keys, and reproduces the source model's outputs."""
+    from pointwin.export.converters import load_reference_checkpoint, to_reference
+
+    src, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml")
+    ref = to_reference(src.state_dict(), src, "openpcdet")
+    ref["backbone_3d.stage_0.0.encoder_list.0.norm.weight"] = torch.ones(32)
+    torch.save({"model_state": ref, "epoch": 24}, tmp_path / "dsvt.pth")
+    torch.manual_seed(123)
+    dst = build_model(load_config("configs/synthetic/dsvt_pillar_tiny.yaml")["model"]).eval()
+    result = load_reference_checkpoint(dst, tmp_path / "dsvt.pth", "openpcdet")
+    assert result.unmatched_reference == ["backbone_3d.stage_0.0.encoder_list.0.norm.weight"]
+    assert result.missing_pointwin == []
+    assert "unmatched reference keys (1)" in result.report()
+    points = _nuscenes_points(NUSCENES_SMALL)
+    with torch.no_grad():
+        torch.testing.assert_close(dst.backbone(dst.vfe(points)).feats, src.backbone(src.vfe(points)).feats)
+    with pytest.raises(ValueError, match="does not convert cleanly"):
+        load_reference_checkpoint(dst, tmp_path / "dsvt.pth", "openpcdet", strict=True)
+
+
+# ------------------------------------------------------------------ TensorRT
+
+def test_profile_summary_hand_worked():
+    from pointwin.export.tensorrt import summarize
+
+    samples = [{"num_voxels": n, "p0_groups": g} for n, g in [(100, 3), (300, 9), (200, 5), (1000, 20)]]
+    s = summarize(samples, headroom=1.25)
+    # median of 100, 200, 300, 1000 = 250; max 1000 * 1.25 = 1250; groups median (5 + 9) / 2 = 7
+    assert s["num_voxels"] == {"min": 2, "opt": 250, "max": 1250}
+    assert s["p0_groups"] == {"min": 1, "opt": 7, "max": 25}
+    assert summarize(samples, 1.25, min_from_data=True)["num_voxels"]["min"] == 100
+
+
+def test_profile_input_shapes(flatformer_export):
+    from pointwin.export.runtime import load_meta
+    from pointwin.export.tensorrt import collect_profile, input_shapes
+
+    model, _, result = flatformer_export
+    clouds = [_nuscenes_points(NUSCENES_FRAME), _nuscenes_points(NUSCENES_SMALL)]
+    profile = collect_profile(model, clouds, headroom=1.5)
+    assert profile["frames"] == 2
+    shapes = input_shapes(load_meta(result.out_dir), profile)
+    n_max = profile["dims"]["num_voxels"]["max"]
+    assert shapes["backbone"]["point_feats"][2] == (profile["dims"]["num_points"]["max"], 10)
+    assert shapes["backbone"]["p2_index"][1] == (profile["dims"]["p2_groups"]["opt"], 64)
+    assert shapes["backbone"]["t4_value"][2] == (n_max, 32)
+    assert shapes["head"]["voxel_coords"][0] == (2, 4)
+
+
+@pytest.mark.skipif(HAS_TRT, reason="checks the message shown when TensorRT is missing")
+def test_tensorrt_missing_says_what_to_install(capsys):
+    from pointwin.export import EXIT_UNAVAILABLE, export_main
+
+    args = argparse.Namespace(config="configs/synthetic/flatformer_tiny.yaml", ckpt="unused.pth",
+                              format="tensorrt", out="unused", profile_from="val", overrides=[])
+    assert export_main(args) == EXIT_UNAVAILABLE
+    err = capsys.readouterr().err
+    assert "pip install tensorrt" in err and "NVIDIA GPU" in err
+
+
+@pytest.mark.skipif(not (HAS_TRT and torch.cuda.is_available()), reason="needs TensorRT and an NVIDIA GPU")
+def test_tensorrt_engine_matches_pytorch(flatformer_export):
+    from pointwin.export.tensorrt import TensorRTGraph, build_engines, collect_profile
+
+    model, _, result = flatformer_export
+    points = _nuscenes_points(NUSCENES_FRAME)
+    profile = collect_profile(model, [points, _nuscenes_points(NUSCENES_SMALL)])
+    plans = build_engines(result.out_dir, profile, fp16=True)
+    frame = result.frame
+    meta = json.loads(result.meta.read_text())
+    g1 = TensorRTGraph(plans["backbone"])
+    feed = dict(zip(meta["backbone"]["inputs"], frame.backbone_inputs(), strict=True))
+    voxel = g1(feed)["voxel_feats"].float().cpu()
+    with torch.no_grad():
+        ref = model.backbone(model.vfe(points)).feats
+    assert float((voxel - ref).abs().max()) < 5e-2  # fp16
+    g2 = TensorRTGraph(plans["head"])
+    maps = g2({"voxel_feats": voxel, "voxel_coords": frame.coords.long()})
+    assert set(maps) == set(meta["head"]["outputs"])
