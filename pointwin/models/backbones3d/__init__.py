@@ -1,8 +1,10 @@
 """3D backbones on sparse voxels, one family per file."""
 
+from .condaformer import ConDaFormerSeg
 from .dsvt import DSVT
 from .flatformer import FlatFormer
+from .ptv3 import PTv3
 from .scatterformer import ScatterFormer
 from .sphereseg import SphereSeg
 
-__all__ = ["DSVT", "FlatFormer", "ScatterFormer", "SphereSeg"]
+__all__ = ["ConDaFormerSeg", "DSVT", "FlatFormer", "PTv3", "ScatterFormer", "SphereSeg"]

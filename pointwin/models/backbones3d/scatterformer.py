@@ -5,7 +5,8 @@ Reference: He et al., "ScatterFormer: Efficient Voxel Transformer with Scattered
 into padded sets) and attend with scattered linear attention (:func:`pointwin.ops.scattered_linear_attention`).
 Information crosses windows through the cross-window interaction (CWI) module: depthwise sparse convs
 along x (1 x 1 x k), along y (1 x k x 1) and a 3 x 3 x 3 one, summed and projected. Each block is
-pre-norm: x += SLA(LN x); x += CWI(LN x); x += FFN(LN x); odd blocks shift the windows by half a window.
+pre-norm: x += SLA(LN x); x += CWI(LN x); x += FFN(LN x). The paper drops window shifting (CWI carries
+information across windows); ``shift_windows=True`` shifts odd blocks by half a window anyway.
 Attention-based height pooling (:class:`pointwin.nn.AttentionPool`) turns the voxels into BEV pillars.
 """
 
@@ -86,6 +87,7 @@ class ScatterFormer(nn.Module):
         window: BEV window side in voxels.
         cwi_kernel: the long depthwise kernel of the cross-window interaction (odd).
         height_pool: pool the remaining z extent into one pillar at the end (attention pooling).
+        shift_windows: shift the windows of odd blocks by half a window (off, as in the paper).
 
     Shapes: SparseVoxels (N, in_channels) on (Z, Y, X) -> SparseVoxels (P, channels) on (1, Y, X).
     """
@@ -93,7 +95,7 @@ class ScatterFormer(nn.Module):
     def __init__(self, in_channels: int, channels: int = 128, num_heads: int = 8,
                  num_blocks: int | Sequence[int] = (2, 2, 2), z_strides: Sequence[int] = (4, 4), window: int = 12,
                  cwi_kernel: int = 13, ffn_ratio: float = 2.0, dropout: float = 0.0, height_pool: bool = True,
-                 pool_heads: int = 8) -> None:
+                 pool_heads: int = 8, shift_windows: bool = False) -> None:
         super().__init__()
         blocks_per_stage = list(num_blocks) if isinstance(num_blocks, (list, tuple)) else [num_blocks]
         if len(blocks_per_stage) != len(z_strides) + 1:
@@ -102,7 +104,8 @@ class ScatterFormer(nn.Module):
         self.z_strides = [int(s) for s in z_strides]
         self.input_proj = nn.Identity() if in_channels == channels else nn.Linear(in_channels, channels)
         self.stages = nn.ModuleList(
-            nn.ModuleList(ScatterFormerBlock(channels, num_heads, window, b % 2 == 1, ffn_ratio, cwi_kernel, dropout)
+            nn.ModuleList(ScatterFormerBlock(channels, num_heads, window, shift_windows and b % 2 == 1, ffn_ratio,
+                                             cwi_kernel, dropout)
                           for b in range(n)) for n in blocks_per_stage)
         self.z_pools = nn.ModuleList(AttentionPool(channels, (1, 1, s), pool_heads) for s in self.z_strides)
         self.height_pool = height_pool
