@@ -22,6 +22,8 @@ pytest.importorskip("onnxscript")
 
 NUSCENES_FRAME = "nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
 NUSCENES_SMALL = "nuscenes/n008-2018-09-18-12-07-26-0400__LIDAR_TOP__1537287083900561.pcd.bin"
+# +-20.48 m (128 x 128 pillars): keeps the dense BEV half of the test time small
+SMALL_RANGE = "model.point_cloud_range=[-20.48, -20.48, -3.0, 20.48, 20.48, 3.0]"
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -103,18 +105,19 @@ def test_legacy_exporter_overwrites_repeated_indices(tmp_path):
 @pytest.fixture(scope="module")
 def flatformer_export(tmp_path_factory):
     from pointwin.export.onnx import export_onnx
+    from pointwin.export.runtime import OnnxDetector
 
-    model, cfg = _model("configs/synthetic/flatformer_tiny.yaml")
+    model, cfg = _model("configs/synthetic/flatformer_tiny.yaml", [SMALL_RANGE])
     points = _nuscenes_points(NUSCENES_FRAME)
     out = tmp_path_factory.mktemp("flatformer_onnx")
     result = export_onnx(model, points, out, model_cfg=cfg["model"])
-    return model, cfg, result
+    return model, cfg, result, OnnxDetector(out, detector=model)
 
 
 def test_export_writes_graphs_and_meta(flatformer_export):
     import onnx
 
-    model, _, result = flatformer_export
+    model, _, result, runtime = flatformer_export
     meta = json.loads(result.meta.read_text())
     assert meta["format"] == "pointwin-deploy-1"
     # FlatFormer reads four partitions (x, x-shift, y, y-shift) and one sinusoidal position tensor
@@ -136,10 +139,10 @@ def test_export_writes_graphs_and_meta(flatformer_export):
 def test_onnx_parity_real_nuscenes_frame(flatformer_export):
     from pointwin.export.onnx import TOLERANCES, parity_check
 
-    model, _, result = flatformer_export
+    model, _, result, runtime = flatformer_export
     points = _nuscenes_points(NUSCENES_FRAME)
     lines = []
-    report = parity_check(model, result.out_dir, points, printer=lines.append)
+    report = parity_check(model, result.out_dir, points, printer=lines.append, runtime=runtime)
     assert len(lines) == 3 and lines[0].startswith("voxel features: max abs")
     assert report.voxel_abs <= TOLERANCES["voxel_feats_atol"]
     assert report.head_abs <= TOLERANCES["head_atol"]
@@ -153,18 +156,18 @@ def test_onnx_runtime_other_sizes(flatformer_export):
     from pointwin.export.onnx import parity_check
     from pointwin.export.runtime import OnnxDetector
 
-    model, _, result = flatformer_export
+    model, _, result, runtime = flatformer_export
     sweep = _nuscenes_points(NUSCENES_SMALL)
     small = Points(sweep.data[:80], sweep.batch_idx[:80], 1)
-    runtime = OnnxDetector(result.out_dir)  # pre/post rebuilt from deploy.json's model config
-    frame = runtime.preprocess(small)
+    rebuilt = OnnxDetector(result.out_dir)  # pre/post rebuilt from deploy.json's model config
+    frame = rebuilt.preprocess(small)
     assert frame.num_voxels < 64 and bool(frame.cache_tensors[1].any())  # one padded group
-    report = parity_check(model, result.out_dir, small, printer=lambda s: None)
+    report = parity_check(model, result.out_dir, small, printer=lambda s: None, runtime=rebuilt)
     assert report.voxel_abs <= 1e-3 and report.head_abs <= 1e-3
     full = _nuscenes_points(NUSCENES_FRAME)
-    near = full.data[:, :2].abs().max(1).values < 20
+    near = full.data[:, :2].abs().max(1).values < 12
     cropped = Points(full.data[near], full.batch_idx[near], 1)
-    report = parity_check(model, result.out_dir, cropped, printer=lambda s: None)
+    report = parity_check(model, result.out_dir, cropped, printer=lambda s: None, runtime=runtime)
     assert report.failures() == []
     # the runtime's own detections equal the PyTorch detector's
     dets = runtime(cropped)[0]
@@ -176,21 +179,21 @@ def test_onnx_runtime_other_sizes(flatformer_export):
 def test_onnx_parity_fails_loudly(flatformer_export):
     from pointwin.export.onnx import ParityError, parity_check
 
-    model, _, result = flatformer_export
+    model, _, result, runtime = flatformer_export
     points = _nuscenes_points(NUSCENES_SMALL)
-    other, _ = _model("configs/synthetic/flatformer_tiny.yaml")
+    other, _ = _model("configs/synthetic/flatformer_tiny.yaml", [SMALL_RANGE])
     with torch.no_grad():
         for p in other.backbone.parameters():
             p.add_(0.05)
     with pytest.raises(ParityError, match="voxel features max abs"):
-        parity_check(other, result.out_dir, points, printer=lambda s: None)
+        parity_check(other, result.out_dir, points, printer=lambda s: None, runtime=runtime)
 
 
 def test_dsvt_export_parity(tmp_path):
     from pointwin.export.onnx import export_onnx, parity_check
 
     model, cfg = _model("configs/synthetic/dsvt_pillar_tiny.yaml",
-                        ["model.point_cloud_range=[-20.48, -20.48, -3.0, 20.48, 20.48, 3.0]"])
+                        [SMALL_RANGE])
     points = _nuscenes_points(NUSCENES_FRAME)
     result = export_onnx(model, points, tmp_path, model_cfg=cfg["model"])
     meta = json.loads(result.meta.read_text())
@@ -300,7 +303,7 @@ def test_profile_input_shapes(flatformer_export):
     from pointwin.export.runtime import load_meta
     from pointwin.export.tensorrt import collect_profile, input_shapes
 
-    model, _, result = flatformer_export
+    model, _, result, runtime = flatformer_export
     clouds = [_nuscenes_points(NUSCENES_FRAME), _nuscenes_points(NUSCENES_SMALL)]
     profile = collect_profile(model, clouds, headroom=1.5)
     assert profile["frames"] == 2
@@ -327,7 +330,7 @@ def test_tensorrt_missing_says_what_to_install(capsys):
 def test_tensorrt_engine_matches_pytorch(flatformer_export):
     from pointwin.export.tensorrt import TensorRTGraph, build_engines, collect_profile
 
-    model, _, result = flatformer_export
+    model, _, result, runtime = flatformer_export
     points = _nuscenes_points(NUSCENES_FRAME)
     profile = collect_profile(model, [points, _nuscenes_points(NUSCENES_SMALL)])
     plans = build_engines(result.out_dir, profile, fp16=True)

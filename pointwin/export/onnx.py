@@ -235,16 +235,17 @@ def compare_detections(ref: Sequence[Detections], got: Sequence[Detections], tol
 
 @torch.no_grad()
 def parity_check(detector: nn.Module, export_dir: str | Path, points: Points, raise_on_fail: bool = True,
-                 tolerances: dict[str, float] | None = None, printer=print) -> ParityReport:
+                 tolerances: dict[str, float] | None = None, printer=print, runtime=None) -> ParityReport:
     """Run the exported graphs in onnxruntime on ``points`` and compare with the PyTorch detector.
 
     Prints max abs / rel errors; raises :class:`ParityError` above ``tolerances`` (default
-    :data:`TOLERANCES`) when ``raise_on_fail``.
+    :data:`TOLERANCES`) when ``raise_on_fail``. ``runtime``: an :class:`OnnxDetector` of ``export_dir`` to
+    reuse (default: a new one with ``detector``'s settings).
     """
     from .runtime import OnnxDetector
 
     detector = detector.eval().cpu()
-    runtime = OnnxDetector(export_dir, detector=detector)
+    runtime = OnnxDetector(export_dir, detector=detector) if runtime is None else runtime
     frame, voxel_onnx, head_onnx = runtime.run_graphs(points)
     voxels = detector.backbone(detector.vfe(points))
     bev = detector.backbone_2d(detector.scatter(voxels))
