@@ -20,6 +20,15 @@ from pointwin.structures import Boxes3D
 RANGE = [-8.0, -8.0, -3.0, 8.0, 8.0, 3.0]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two OpenMP threads on busy shared cores spin far more than they compute; one is faster here.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def make_head(**kw) -> CenterPointHead:
     args = dict(in_channels=8, class_names=["Car", "Pedestrian"], point_cloud_range=RANGE, voxel_size=[0.5, 0.5],
                 feature_stride=2, tasks=[["Car"], ["Pedestrian"]], shared_channels=8, head_channels=8,
