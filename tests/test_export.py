@@ -345,3 +345,7 @@ def test_tensorrt_engine_matches_pytorch(flatformer_export):
     g2 = TensorRTGraph(plans["head"])
     maps = g2({"voxel_feats": voxel, "voxel_coords": frame.coords.long()})
     assert set(maps) == set(meta["head"]["outputs"])
+    from pointwin.export.tensorrt import TensorRTDetector
+
+    _, voxel2, _ = TensorRTDetector(result.out_dir, detector=model).run_graphs(points)
+    assert float((voxel2.cpu() - ref).abs().max()) < 5e-2

@@ -208,5 +208,43 @@ class TensorRTGraph:
         return out
 
 
-__all__ = ["INSTALL_HINT", "PROFILE_JSON", "TensorRTGraph", "TensorRTUnavailable", "build_engine", "build_engines",
-           "collect_profile", "frame_dims", "import_tensorrt", "input_shapes", "save_profile", "summarize"]
+class TensorRTDetector:
+    """The four deployment steps with the TensorRT engines of an export folder (see :mod:`.runtime`):
+    pure-torch pre-processing on the GPU, ``backbone.plan``, ``head.plan``, pure-torch post-processing.
+
+    Args:
+        export_dir: folder with deploy.json and the plans written by :func:`build_engines`.
+        detector: a detector of the same config for the pre/post settings (default: rebuilt from deploy.json).
+    """
+
+    def __init__(self, export_dir: str | Path, detector: torch.nn.Module | None = None) -> None:
+        from .modules import Postprocessor
+        from .runtime import load_meta
+
+        d = Path(export_dir)
+        self.meta = load_meta(d)
+        if detector is None:
+            from ..models import build_model
+
+            detector = build_model(self.meta["model"])
+        self.detector = detector.eval().cuda()
+        self.preprocess = Preprocessor(self.detector)
+        self.postprocess = Postprocessor(self.detector.head)
+        self.backbone = TensorRTGraph(d / "backbone.plan")
+        self.head = TensorRTGraph(d / "head.plan")
+
+    @torch.no_grad()
+    def run_graphs(self, points: Points) -> tuple[PreprocessedFrame, torch.Tensor, list[torch.Tensor]]:
+        frame = self.preprocess(points.to("cuda"))
+        feed = dict(zip(self.meta["backbone"]["inputs"], frame.backbone_inputs(), strict=True))
+        voxel = self.backbone(feed)["voxel_feats"].float()
+        maps = self.head({"voxel_feats": voxel, "voxel_coords": frame.coords.long()})
+        return frame, voxel, [maps[n].float() for n in self.meta["head"]["outputs"]]
+
+    def __call__(self, points: Points):
+        return self.postprocess(self.run_graphs(points)[2])
+
+
+__all__ = ["INSTALL_HINT", "PROFILE_JSON", "TensorRTDetector", "TensorRTGraph", "TensorRTUnavailable", "build_engine",
+           "build_engines", "collect_profile", "frame_dims", "import_tensorrt", "input_shapes", "save_profile",
+           "summarize"]
