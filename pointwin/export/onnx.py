@@ -6,9 +6,10 @@ Files written to the output folder (see :mod:`pointwin.export.modules` for the c
     head.onnx       graph 2: voxel features + coords -> per-task head maps
     deploy.json     model config, graph input/output names, the backbone's cache layout, tolerances
 
-Why dynamo: the legacy TorchScript exporter turns ``index_add_`` / ``index_put(accumulate=True)`` with
-repeated indices into a ScatterND *overwrite* (the last write wins instead of the sum); the dynamo
-exporter keeps the reduction. ``tests/test_export.py`` checks this on a tiny module.
+Why dynamo: with repeated indices the legacy TorchScript exporter (torch 2.13, opset 17) silently turns
+``index_put(accumulate=True)`` into a ScatterND *overwrite* (the last write wins instead of the sum) and
+refuses ``index_add_``; the dynamo exporter emits ScatterND with ``reduction="add"`` for both.
+``tests/test_export.py`` checks both exporters on a tiny module.
 """
 
 from __future__ import annotations
