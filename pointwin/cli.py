@@ -294,8 +294,11 @@ def cmd_create_data(args: argparse.Namespace) -> int:
     result = _call_with(fn, root=args.root, data_root=args.root, dataroot=args.root, out_dir=out, out=out,
                         version=args.version, split=args.split, max_sweeps=args.max_sweeps,
                         workers=args.workers, num_workers=args.workers, shard=shard)
-    if result is not None:
-        print(result)
+    if isinstance(result, dict):
+        for split, path in result.items():
+            print(f"{split}: {path}")
+    elif result is not None:
+        print(f"wrote {result}")
     return 0
 
 
