@@ -120,7 +120,7 @@ class CenterPointSparseBackbone(nn.Module):
     """CenterPoint's VoxelResBackBone8x layout on pointwin sparse convs.
 
     Stem SubM (C_in -> 16); stage 1: 2 residual blocks at 16; stages 2-4: a stride-2 3x3x3 sparse conv
-    (16->32, 32->64, 64->128) then 2 residual blocks; output: a (3, 1, 1) stride-(2, 1, 1) sparse conv
+    (16->32, 32->64, 64->128) then 2 residual blocks; output: a (3, 1, 1) stride-(2, 1, 1) sparse conv (z padding 1)
     to 128 channels compressing z. Shapes: SparseVoxels (N, C_in) -> SparseVoxels (M, 128) at stride 8.
     """
 
@@ -135,7 +135,7 @@ class CenterPointSparseBackbone(nn.Module):
                                                         for i in range(1, len(c))])
         self.blocks = nn.ModuleList(nn.Sequential(SparseBlock(ch, use_spconv), SparseBlock(ch, use_spconv))
                                     for ch in c)
-        self.out = SparseConv3d(c[-1], 128, (3, 1, 1), (2, 1, 1), 0, bias=False, use_spconv=use_spconv)
+        self.out = SparseConv3d(c[-1], 128, (3, 1, 1), (2, 1, 1), (1, 0, 0), bias=False, use_spconv=use_spconv)
         self.out_bn = nn.BatchNorm1d(128, eps=1e-3, momentum=0.01)
 
     def forward(self, x: SparseVoxels) -> SparseVoxels:

@@ -124,7 +124,7 @@ def section_text(curves, skipped, header: str, repeats: int, png: Path | None) -
     for name, pts in curves.items():
         t_exp = common.fit_exponent([p[0] for p in pts], [p[1] for p in pts])
         m_exp = common.fit_exponent([p[0] for p in pts], [max(p[2], 1e-3) for p in pts])
-        cells = ", ".join(f"{p[0] // 1000}k: {common.fmt_ms(p[1])} ms / {p[2]:,.0f} MiB" for p in pts)
+        cells = ", ".join(f"{p[0] / 1000:g}k: {common.fmt_ms(p[1])} ms / {p[2]:,.0f} MiB" for p in pts)
         rows.append([name, cells or "-", "n/a" if t_exp != t_exp else f"{t_exp:.2f}",
                      "n/a" if m_exp != m_exp else f"{m_exp:.2f}", "; ".join(skipped.get(name, [])) or "-"])
     table = common.markdown_table(["backbone", "voxels: latency / peak memory", "latency exponent",
