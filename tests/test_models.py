@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -230,3 +232,38 @@ def test_segmentor_predicts_every_point():
     pred = model.predict(batch)
     assert [len(p) for p in pred] == [50, 30]
     assert pred[1][0] == -1 and (pred[0] >= 0).all() and (pred[1][1:] >= 0).all()
+
+
+def test_attention_pool_matches_per_cell_reference():
+    from pointwin.nn import AttentionPool
+
+    torch.manual_seed(0)
+    pool = AttentionPool(8, (1, 1, 4), num_heads=2).eval()
+    voxels = random_voxels((8, 4, 4), (30, 9), 8, seed=5)
+    out = pool(voxels)
+    # reference: for every parent cell, attention over its real voxels only (no padding at all)
+    c = voxels.coords.long()
+    parents = {}
+    for i, (b, z, y, x) in enumerate(c.tolist()):
+        parents.setdefault((b, z // 4, y, x), []).append(i)
+    assert out.num_voxels == len(parents) and out.spatial_shape == (2, 4, 4)
+    for row, (b, z, y, x) in enumerate(out.coords.tolist()):
+        idx = parents[(b, z, y, x)]
+        feats = voxels.feats[idx]
+        query = feats.amax(0, keepdim=True)[None]
+        inner = (c[idx, 1] % 4).tolist()
+        key = (feats + pool.pos_embedding[inner])[None]
+        ref, _ = pool.attn(query, key, key, need_weights=False)
+        expected = pool.norm(query + ref)[0, 0]
+        torch.testing.assert_close(out.feats[row], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_sinusoidal_encoding_hand_worked():
+    from pointwin.nn import sinusoidal_encoding
+
+    enc = sinusoidal_encoding(torch.tensor([[2.0, 3.0]]), 8, temperature=100.0)
+    # per axis d = 4: frequencies 100^(-0/4) = 1 and 100^(-2/4) = 0.1
+    x, y = 2.0, 3.0
+    expected = [math.sin(x), math.cos(x), math.sin(x * 0.1), math.cos(x * 0.1),
+                math.sin(y), math.cos(y), math.sin(y * 0.1), math.cos(y * 0.1)]
+    torch.testing.assert_close(enc[0], torch.tensor(expected), atol=1e-6, rtol=0)
