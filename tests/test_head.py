@@ -177,3 +177,26 @@ def test_bad_config_errors():
         make_head(tasks=[["Truck"]])
     with pytest.raises(ValueError, match="nms_type"):
         make_head(nms_type="soft")
+
+
+def test_iou_branch_target_is_iou_of_decoded_box():
+    from pointwin.ops import boxes_iou3d
+
+    head = make_head(class_names=["Car"], tasks=[["Car"]], with_iou=True)
+    gt = torch.tensor([[1.5, 0.5, -1.0, 4.0, 1.8, 1.5, 0.0]])
+    H, W = head.feature_shape()
+    out = _prediction(head, gt, [0.0])
+    # shift the predicted centre by 0.5 m along x, so the predicted box overlaps the GT partially
+    out.tasks[0].center[0, 0, 8, 9] += 0.5
+    pred_box = gt.clone()
+    pred_box[0, 0] += 0.5
+    iou = boxes_iou3d(pred_box, gt)[0, 0].item()
+    out.tasks[0].iou = torch.zeros(1, 1, H, W)
+    tgt = head.targets([Boxes3D(gt)], [torch.tensor([0])], torch.device("cpu"))[0]
+    code = out.tasks[0].box_code()
+    from pointwin.models.heads.centerpoint import gather_cells
+
+    loss = head._iou_loss(out.tasks[0], tgt, gather_cells(code, tgt.index))
+    # predicted IoU 0 (i.e. (0 + 1) / 2 = 0.5 in [0, 1]) vs target 2 * iou - 1
+    assert iou == pytest.approx(3.5 / 4.5, rel=1e-5)
+    assert loss.item() == pytest.approx(abs(0 - (2 * iou - 1)), rel=1e-4)

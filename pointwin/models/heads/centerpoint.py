@@ -374,7 +374,7 @@ class CenterPointHead(nn.Module):
         cells = torch.stack([idx % W, idx // W], 1).float()
         decoded = self.decode(code_pred[sel], cells)[:, :7]
         gt = tgt.boxes[sel][:, :7]
-        iou = boxes_iou3d(decoded, gt).diagonal().clamp(0, 1)
+        iou = boxes_iou3d(decoded, gt, aligned=True).to(iou_pred.dtype).clamp(0, 1)
         return torch.abs(iou_pred[sel] - (2 * iou - 1)).sum() / (sel.sum() + 1e-4)
 
     # ---- decoding -------------------------------------------------------------------------------
