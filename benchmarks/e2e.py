@@ -318,24 +318,9 @@ class Result:
     load: str = ""
 
 
-def bench_model(label: str, section: Mapping, input_label: str, clouds: Sequence[np.ndarray],
-                device: torch.device, warmup: int, repeats: int, dtype: torch.dtype | None = None,
-                compiled: bool = False, train: bool = True, seed: int = 0) -> Result:
-    """Per-stage forward, whole ``predict``, training step and peak memories of one model on one input."""
-    torch.manual_seed(seed)
-    model = build_model(copy.deepcopy(dict(section))).to(device).eval()
-    points = make_points(clouds, model.vfe.num_point_features, device)
-    with torch.no_grad():
-        n_vox = model.vfe.voxelize(points).num_voxels
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    prec = {None: "fp32", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    res = Result(label, input_label, prec, compiled, len(points), int(n_vox), params, load=common.load_average())
-    if compiled:
-        try:
-            model = compile_model(model)
-        except Exception as exc:  # noqa: BLE001 - a compile failure is a result to report, not a crash
-            res.note = f"compile failed: {type(exc).__name__}"
-            return res
+def _measure(model: torch.nn.Module, res: Result, points: Points, device: torch.device, warmup: int,
+             repeats: int, dtype: torch.dtype | None, train: bool, seed: int) -> None:
+    """Fill ``res`` with stage medians, predict time / memory and training-step time / memory."""
     batch = Batch(points, [f"bench{i}" for i in range(points.batch_size)])
     clock = common.Clock(device)
     with _autocast(device, dtype):
@@ -373,6 +358,33 @@ def bench_model(label: str, section: Mapping, input_label: str, clouds: Sequence
             res.train_ms = common.median(common.time_ms(step, device, 0, max(1, repeats)))
         res.train_mib = mem.mib
         model.eval()
+
+
+def bench_model(label: str, section: Mapping, input_label: str, clouds: Sequence[np.ndarray],
+                device: torch.device, warmup: int, repeats: int, dtype: torch.dtype | None = None,
+                compiled: bool = False, train: bool = True, seed: int = 0) -> Result:
+    """Per-stage forward, whole ``predict``, training step and peak memories of one model on one input."""
+    torch.manual_seed(seed)
+    model = build_model(copy.deepcopy(dict(section))).to(device).eval()
+    points = make_points(clouds, model.vfe.num_point_features, device)
+    with torch.no_grad():
+        n_vox = model.vfe.voxelize(points).num_voxels
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    prec = {None: "fp32", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    res = Result(label, input_label, prec, compiled, len(points), int(n_vox), params, load=common.load_average())
+    if compiled:
+        try:
+            model = compile_model(model)
+        except Exception as exc:  # noqa: BLE001 - a compile failure is a result to report, not a crash
+            res.note = f"compile failed: {type(exc).__name__}"
+            return res
+    try:
+        _measure(model, res, points, device, warmup, repeats, dtype, train, seed)
+    except Exception as exc:
+        if not compiled:
+            raise
+        # torch.compile errors surface at the first call; report them in the table instead of stopping
+        res.note = f"compile failed: {type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''}"
     return res
 
 
