@@ -95,3 +95,22 @@ def test_unknown_type_lists_valid_names():
     cfg_model["head"]["bogus_key"] = 1
     with pytest.raises(ConfigError, match="bogus_key"):
         build_model(cfg_model)
+
+
+@pytest.mark.parametrize("name", ["synthetic/flatformer_tiny.yaml", "waymo/dsvt_voxel.yaml", "waymo/scatterformer.yaml",
+                                  "synthetic/sphereseg_tiny.yaml"])
+def test_batch_without_points_in_range(name, one_thread):
+    cfg_model = shrunk(load_config(CONFIG_DIR / name))
+    model = build_model(cfg_model)
+    c = cfg_model["vfe"].get("num_point_features", 4)
+    points = Points.from_list([torch.full((5, c), 500.0), torch.zeros(0, c)])  # all outside the grid
+    batch = Batch(points, ["a", "b"], [Boxes3D.empty(), Boxes3D.empty()], [torch.zeros(0, dtype=torch.long)] * 2,
+                  torch.zeros(5, dtype=torch.long))
+    losses = model.loss(batch)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    model.eval()
+    out = model.predict(batch)
+    assert len(out) == 2
+    if isinstance(model, Segmentor):
+        assert out[0].tolist() == [-1] * 5 and len(out[1]) == 0

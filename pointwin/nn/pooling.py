@@ -71,6 +71,10 @@ class AttentionPool(nn.Module):
                                          lambda: pooling_map(voxels.coords, voxels.spatial_shape, self.stride))
         x = voxels.feats
         V, P, C = pmap.coords.shape[0], pmap.volume, x.shape[1]
+        vs = voxels.voxel_size
+        new_size = None if vs is None else tuple(v * s for v, s in zip(vs, self.stride, strict=True))
+        if V == 0:  # no voxels in the whole batch: nothing to attend (MultiheadAttention rejects batch 0)
+            return SparseVoxels(x[:0], pmap.coords, pmap.spatial_shape, voxels.batch_size, new_size, voxels.origin)
         key = x.new_zeros(V, P, C).index_put((pmap.parent, pmap.inner), x)
         pad = torch.ones(V, P, dtype=torch.bool, device=x.device)
         pad[pmap.parent, pmap.inner] = False
@@ -78,6 +82,4 @@ class AttentionPool(nn.Module):
         key = key + self.pos_embedding.to(key.dtype)
         out, _ = self.attn(query, key, key, key_padding_mask=pad, need_weights=False)
         feats = self.norm((query + out)[:, 0])
-        vs = voxels.voxel_size
-        new_size = None if vs is None else tuple(v * s for v, s in zip(vs, self.stride, strict=True))
         return SparseVoxels(feats, pmap.coords, pmap.spatial_shape, voxels.batch_size, new_size, voxels.origin)
