@@ -189,29 +189,38 @@ def test_onnx_parity_fails_loudly(flatformer_export):
         parity_check(other, result.out_dir, points, printer=lambda s: None, runtime=runtime)
 
 
-def test_dsvt_export_parity(tmp_path):
+def test_dsvt_two_stage_export_parity(tmp_path):
+    """DSVT with attention pooling between two stages: partitions of both stages and the pooling map are
+    runtime inputs; the graph runs the pooling's maths on them."""
     from pointwin.export.onnx import export_onnx, parity_check
 
     model, cfg = _model("configs/synthetic/dsvt_pillar_tiny.yaml",
-                        [SMALL_RANGE])
+                        [SMALL_RANGE, "+model.backbone.downsample_stride=[[2, 2, 1]]"])
     points = _nuscenes_points(NUSCENES_FRAME)
     result = export_onnx(model, points, tmp_path, model_cfg=cfg["model"])
     meta = json.loads(result.meta.read_text())
-    # two shifts x (y-major, x-major) partitions of sets of 36, and one window position (N, 2) per shift
-    assert [(e["kind"], e["size"]) for e in meta["cache_entries"]] == [
-        ("partition", 36), ("partition", 36), ("tensor", 2), ("partition", 36), ("partition", 36), ("tensor", 2)]
+    # per stage: two shifts x (y-major, x-major) sets of 36 and one window position (N, 2) per shift;
+    # between the stages the 2 x 2 pooling map
+    stage = [("partition", 36), ("partition", 36), ("tensor", 2)] * 2
+    assert [(e["kind"], e["size"]) for e in meta["cache_entries"]] == stage + [("pooling", 4)] + stage
+    assert [e["stage"] for e in meta["cache_entries"]] == [0] * 7 + [1] * 6
+    n0, n1 = result.frame.stage_voxel_counts()
+    assert n0 > n1 == result.frame.num_voxels > 0
     report = parity_check(model, tmp_path, points, printer=lambda s: None)
     assert report.failures() == [] and report.num_unique > 0
 
 
-def test_unsupported_backbones_are_named():
+def test_unsupported_backbone_is_named():
     from pointwin.export.modules import Preprocessor
 
-    model, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml",
-                      ["+model.backbone.downsample_stride=[[2, 2, 1]]"])
-    pre = Preprocessor(model)
-    with pytest.raises(NotImplementedError, match="multi-stage DSVT"):
-        pre(_nuscenes_points(NUSCENES_SMALL))
+    model, _ = _model("configs/synthetic/flatformer_tiny.yaml")
+
+    class CustomBackbone(torch.nn.Module):
+        pass
+
+    model.backbone = CustomBackbone()
+    with pytest.raises(NotImplementedError, match="CustomBackbone is not exportable"):
+        Preprocessor(model)
 
 
 # ------------------------------------------------------------------ converters

@@ -20,6 +20,8 @@ unchanged backbone ``forward``. A cache miss inside the graph is an error naming
 
 from __future__ import annotations
 
+import copy
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
@@ -40,25 +42,35 @@ class CacheEntry:
     Attributes:
         key: the backbone's cache key (a tuple of plain values).
         kind: "partition" (equal-size :class:`Partition`, 3 graph inputs: index (G, S) int64,
-            key_pad (G, S) bool, owner (N,) int64) or "tensor" (1 float input (N, k)).
-        size: S for partitions, k (columns) for tensors.
+            key_pad (G, S) bool, owner (N,) int64), "tensor" (1 float input (N, k)) or "pooling"
+            (a :class:`~pointwin.nn.pooling.PoolingMap` to the next stage, 3 inputs: parent (N,) int64,
+            inner (N,) int64, coords (N', 4) int32 of the pooled voxels).
+        size: S for partitions, k (columns) for tensors, cells per parent for poolings.
+        stage: the backbone stage whose voxels own the entry (0 = the VFE's voxels).
+        shape: the pooled grid (Z, Y, X) for poolings, else ().
     """
 
     key: tuple
     kind: str
     size: int
+    stage: int = 0
+    shape: tuple = ()
 
     def input_names(self, i: int) -> list[str]:
         if self.kind == "partition":
             return [f"p{i}_index", f"p{i}_key_pad", f"p{i}_owner"]
+        if self.kind == "pooling":
+            return [f"q{i}_parent", f"q{i}_inner", f"q{i}_coords"]
         return [f"t{i}_value"]
 
     def to_json(self) -> dict:
-        return {"key": _to_list(self.key), "kind": self.kind, "size": self.size}
+        return {"key": _to_list(self.key), "kind": self.kind, "size": self.size, "stage": self.stage,
+                "shape": list(self.shape)}
 
     @staticmethod
     def from_json(d: dict) -> CacheEntry:
-        return CacheEntry(_to_tuple(d["key"]), str(d["kind"]), int(d["size"]))
+        return CacheEntry(_to_tuple(d["key"]), str(d["kind"]), int(d["size"]), int(d.get("stage", 0)),
+                          tuple(d.get("shape", ())))
 
 
 def _to_list(v):
@@ -69,8 +81,10 @@ def _to_tuple(v):
     return tuple(_to_tuple(x) for x in v) if isinstance(v, (tuple, list)) else v
 
 
-def flatten_cache(cache: dict[Hashable, object]) -> tuple[list[CacheEntry], list[torch.Tensor]]:
-    """The cache of a preprocessed frame as (entries, flat tensors), in insertion order."""
+def flatten_cache(cache: dict[Hashable, object], stage: int = 0) -> tuple[list[CacheEntry], list[torch.Tensor]]:
+    """The cache of one stage's voxels as (entries, flat tensors), in insertion order."""
+    from ..nn.pooling import PoolingMap
+
     entries, tensors = [], []
     for key, value in cache.items():
         if isinstance(value, Partition):
@@ -80,34 +94,47 @@ def flatten_cache(cache: dict[Hashable, object]) -> tuple[list[CacheEntry], list
             S, G = int(value.size), value.num_groups
             kp = value.key_pad if value.key_pad is not None else torch.zeros(G * S, dtype=torch.bool,
                                                                               device=value.device)
-            entries.append(CacheEntry(_to_tuple(key), "partition", S))
+            entries.append(CacheEntry(_to_tuple(key), "partition", S, stage))
             tensors += [value.index.view(G, S), kp.view(G, S), value.owner]
+        elif isinstance(value, PoolingMap):
+            entries.append(CacheEntry(_to_tuple(key), "pooling", int(value.volume), stage,
+                                      tuple(int(v) for v in value.spatial_shape)))
+            tensors += [value.parent, value.inner, value.coords]
         elif isinstance(value, torch.Tensor) and value.ndim == 2 and value.is_floating_point():
-            entries.append(CacheEntry(_to_tuple(key), "tensor", int(value.shape[1])))
+            entries.append(CacheEntry(_to_tuple(key), "tensor", int(value.shape[1]), stage))
             tensors.append(value.float())
         else:
-            raise ValueError(f"export: cache entry {key!r} is a {type(value).__name__}; only Partition and float "
-                             "(N, k) tensors can be graph inputs")
+            raise ValueError(f"export: cache entry {key!r} is a {type(value).__name__}; only Partition, PoolingMap "
+                             "and float (N, k) tensors can be graph inputs")
     return entries, tensors
 
 
-def unflatten_cache(entries: Sequence[CacheEntry], tensors: Sequence[torch.Tensor]) -> dict[Hashable, object]:
-    """Inverse of :func:`flatten_cache` (inside the graph: offsets are rebuilt from G and S)."""
-    cache: dict[Hashable, object] = {}
+def num_inputs(entry: CacheEntry) -> int:
+    return 1 if entry.kind == "tensor" else 3
+
+
+def unflatten_cache(entries: Sequence[CacheEntry], tensors: Sequence[torch.Tensor]) -> list[dict[Hashable, object]]:
+    """Inverse of :func:`flatten_cache`: one cache per stage (inside the graph: offsets rebuilt from G, S)."""
+    from ..nn.pooling import PoolingMap
+
+    caches: list[dict[Hashable, object]] = [{} for _ in range(max((e.stage for e in entries), default=0) + 1)]
     i = 0
     for e in entries:
+        t = tensors[i:i + num_inputs(e)]
+        i += num_inputs(e)
         if e.kind == "partition":
-            index, key_pad, owner = tensors[i:i + 3]
-            i += 3
+            index, key_pad, owner = t
             G = index.shape[0]
             offsets = torch.arange(G + 1, device=index.device, dtype=torch.int64) * e.size
-            cache[e.key] = Partition(index.reshape(-1), offsets, owner, e.size, key_pad.reshape(-1))
+            caches[e.stage][e.key] = Partition(index.reshape(-1), offsets, owner, e.size, key_pad.reshape(-1))
+        elif e.kind == "pooling":
+            parent, inner, coords = t
+            caches[e.stage][e.key] = PoolingMap(coords, e.shape, parent, inner, e.size)
         else:
-            cache[e.key] = tensors[i]
-            i += 1
+            caches[e.stage][e.key] = t[0]
     if i != len(tensors):
         raise ValueError(f"export: {len(tensors)} cache tensors for entries needing {i}")
-    return cache
+    return caches
 
 
 class _GraphVoxels(SparseVoxels):
@@ -132,28 +159,36 @@ class _GraphVoxels(SparseVoxels):
 # runtime pre-processing
 
 
-def _fill_flatformer(backbone, voxels: SparseVoxels) -> None:
+def _fill_flatformer(backbone, voxels: SparseVoxels) -> list[SparseVoxels]:
     from ..models.backbones3d.flatformer import BLOCK_ORDERS
 
     for axis, shift in BLOCK_ORDERS:
         backbone.partition(voxels, axis, shift)
     backbone.position_encoding(voxels)
+    return [voxels]
 
 
-def _fill_dsvt(backbone, voxels: SparseVoxels) -> None:
+def _fill_dsvt(backbone, voxels: SparseVoxels) -> list[SparseVoxels]:
     from ..models.backbones3d.dsvt import LAYER_AXES
+    from ..nn.pooling import pooling_map
 
-    if len(backbone.stages) != 1:
-        raise NotImplementedError("export: multi-stage DSVT (DSVT-V with attention pooling between stages) is not "
-                                  "exportable yet: the pooled stages' partitions depend on the pooled coords, which "
-                                  "the runtime would have to compute per stage; export a single-stage DSVT")
-    for shift_id in (0, 1):
-        for axis in LAYER_AXES:
-            backbone.partition(voxels, 0, shift_id, axis)
-        backbone.window_position(voxels, 0, shift_id)
+    stages = [voxels]
+    for s in range(len(backbone.stages)):
+        v = stages[-1]
+        for shift_id in (0, 1):
+            for axis in LAYER_AXES:
+                backbone.partition(v, s, shift_id, axis)
+            backbone.window_position(v, s, shift_id)
+        if s + 1 < len(backbone.stages):
+            stride = backbone.pools[s].pool.stride
+            pmap = v.cached(("pooling_map", stride), lambda v=v, st=stride: pooling_map(v.coords, v.spatial_shape, st))
+            stages.append(SparseVoxels(v.feats.new_zeros(pmap.coords.shape[0], 1), pmap.coords, pmap.spatial_shape,
+                                       v.batch_size))
+    return stages
 
 
-#: backbone class name -> function filling a SparseVoxels cache with everything the backbone's forward reads
+#: backbone class name -> function filling the caches of the voxels of every stage with everything the
+#: backbone's forward reads; returns the voxels of each stage
 CACHE_FILLERS: dict[str, Callable] = {"FlatFormer": _fill_flatformer, "DSVT": _fill_dsvt}
 
 
@@ -164,7 +199,7 @@ class PreprocessedFrame:
     Attributes:
         point_feats: (P, Cin) float32 decorated features of the kept points (VFE input).
         point_voxel: (P,) int64 voxel row of each kept point.
-        coords: (N, 4) int32 voxel coords (b, z, y, x).
+        coords: (N, 4) int32 voxel coords (b, z, y, x) of the backbone's output (its last stage).
         entries / cache_tensors: the flattened backbone cache (see :func:`flatten_cache`).
         batch_size: samples in the batch.
     """
@@ -178,6 +213,7 @@ class PreprocessedFrame:
 
     @property
     def num_voxels(self) -> int:
+        """Voxels of the backbone's output (the last stage)."""
         return int(self.coords.shape[0])
 
     def backbone_inputs(self) -> list[torch.Tensor]:
@@ -189,10 +225,17 @@ class PreprocessedFrame:
         for j, e in enumerate(self.entries):
             if e.kind == "partition":
                 out[f"p{j}_index"] = int(self.cache_tensors[i].shape[0])
-                i += 3
-            else:
-                i += 1
+            i += num_inputs(e)
         return out
+
+    def stage_voxel_counts(self) -> list[int]:
+        """Voxels per backbone stage (the dynamic N_s dimensions)."""
+        counts, i = {0: int(self.point_voxel.max()) + 1 if self.point_voxel.numel() else 0}, 0
+        for e in self.entries:
+            if e.kind == "pooling":
+                counts[e.stage + 1] = int(self.cache_tensors[i + 2].shape[0])
+            i += num_inputs(e)
+        return [counts[s] for s in sorted(counts)]
 
 
 class Preprocessor:
@@ -220,9 +263,13 @@ class Preprocessor:
         pv = vox.point_voxel[vox.kept]
         voxels = SparseVoxels(feats.new_zeros(vox.num_voxels, 1), vox.coords, vox.spatial_shape, vox.batch_size,
                               vox.voxel_size, vox.origin)
-        self._fill(self.backbone, voxels)
-        entries, tensors = flatten_cache(voxels.cache)
-        return PreprocessedFrame(feats.contiguous(), pv.contiguous(), vox.coords, entries, tensors,
+        stages = self._fill(self.backbone, voxels)
+        entries, tensors = [], []
+        for s, v in enumerate(stages):
+            e, t = flatten_cache(v.cache, s)
+            entries += e
+            tensors += t
+        return PreprocessedFrame(feats.contiguous(), pv.contiguous(), stages[-1].coords, entries, tensors,
                                  vox.batch_size)
 
 
@@ -243,16 +290,26 @@ class BackboneGraph(nn.Module):
     def __init__(self, detector: nn.Module, entries: Sequence[CacheEntry]) -> None:
         super().__init__()
         self.vfe_layers = detector.vfe.layers
-        self.backbone = detector.backbone
         self.entries = list(entries)
         self.spatial_shape = tuple(detector.vfe.spatial_shape)
-        if not any(e.kind == "partition" for e in self.entries):
+        if not any(e.kind == "partition" and e.stage == 0 for e in self.entries):
             raise ValueError("export: the backbone reads no partition; nothing gives the voxel count N")
+        self._caches: dict[str, list] = {}  # per-forward stage caches, shared with the pool wrappers
+        backbone = detector.backbone
+        pools = getattr(backbone, "pools", None)
+        if pools is not None and len(pools):
+            # a shallow copy sharing every parameter, whose pools read the pooled voxels' caches
+            backbone = copy.copy(backbone)
+            backbone._modules = dict(backbone._modules)
+            backbone._modules["pools"] = nn.ModuleList(
+                nn.Sequential(OrderedDict(pool=_GraphPool(p.pool, s, self._caches))) for s, p in enumerate(pools))
+        self.backbone = backbone
 
     def forward(self, point_feats: torch.Tensor, point_voxel: torch.Tensor, *cache_tensors: torch.Tensor
                 ) -> torch.Tensor:
-        cache = unflatten_cache(self.entries, cache_tensors)
-        owner = next(v for v in cache.values() if isinstance(v, Partition)).owner
+        caches = unflatten_cache(self.entries, cache_tensors)
+        self._caches["stages"] = caches
+        owner = next(v for v in caches[0].values() if isinstance(v, Partition)).owner
         num_voxels = owner.shape[0]
         x = point_feats
         pooled = x
@@ -263,8 +320,34 @@ class BackboneGraph(nn.Module):
             if i + 1 < len(self.vfe_layers):
                 x = torch.cat([x, pooled[point_voxel]], 1)
         coords = torch.zeros(num_voxels, 4, dtype=torch.int32, device=x.device)
-        voxels = _GraphVoxels(pooled, coords, self.spatial_shape, 1, None, None, cache)
+        voxels = _GraphVoxels(pooled, coords, self.spatial_shape, 1, None, None, caches[0])
         return self.backbone(voxels).feats
+
+
+class _GraphPool(nn.Module):
+    """:class:`~pointwin.nn.AttentionPool`'s computation on graph voxels: the same parameters and maths, the
+    pooling map from the runtime, and the pooled voxels carrying the next stage's cache."""
+
+    def __init__(self, pool: nn.Module, stage: int, caches: dict) -> None:
+        super().__init__()
+        self.inner_pool = pool
+        self.stage = stage
+        self._caches = caches
+
+    def forward(self, voxels: SparseVoxels) -> SparseVoxels:
+        pool = self.inner_pool
+        pmap = voxels.cached(("pooling_map", pool.stride), None)
+        x = voxels.feats
+        V, P, C = pmap.coords.shape[0], pmap.volume, x.shape[1]
+        key = x.new_zeros(V, P, C).index_put((pmap.parent, pmap.inner), x)
+        pad = torch.ones(V, P, dtype=torch.bool, device=x.device).index_put(
+            (pmap.parent, pmap.inner), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
+        query = key.masked_fill(pad[..., None], float("-inf")).amax(1, keepdim=True)
+        key = key + pool.pos_embedding.to(key.dtype)
+        out, _ = pool.attn(query, key, key, key_padding_mask=pad, need_weights=False)
+        feats = pool.norm((query + out)[:, 0])
+        return _GraphVoxels(feats, pmap.coords, pmap.spatial_shape, voxels.batch_size, None, None,
+                            self._caches["stages"][self.stage + 1])
 
 
 # --------------------------------------------------------------------------------------------------

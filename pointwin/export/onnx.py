@@ -43,19 +43,23 @@ class ParityError(AssertionError):
 
 
 def backbone_io(entries: Sequence[CacheEntry]) -> tuple[list[str], tuple]:
-    """Input names and ``dynamic_shapes`` of graph 1 (P points, N voxels, G_i groups per partition)."""
+    """Input names and ``dynamic_shapes`` of graph 1 (P points, N_s voxels per stage, G_i groups per partition)."""
     from torch.export import Dim
 
-    P, N = Dim("num_points", min=2), Dim("num_voxels", min=2)
+    P = Dim("num_points", min=2)
+    stages = max((e.stage for e in entries), default=0) + 1
+    N = [Dim("num_voxels" if s == 0 else f"num_voxels_s{s}", min=2) for s in range(stages + 1)]
     names = ["point_feats", "point_voxel"]
     rest: list[dict] = []
     for i, e in enumerate(entries):
         names += e.input_names(i)
         if e.kind == "partition":
             G = Dim(f"p{i}_groups", min=1)
-            rest += [{0: G}, {0: G}, {0: N}]
+            rest += [{0: G}, {0: G}, {0: N[e.stage]}]
+        elif e.kind == "pooling":
+            rest += [{0: N[e.stage]}, {0: N[e.stage]}, {0: N[e.stage + 1]}]
         else:
-            rest.append({0: N})
+            rest.append({0: N[e.stage]})
     return names, ({0: P}, {0: P}, tuple(rest))
 
 
@@ -87,7 +91,7 @@ def export_onnx(detector: nn.Module, points: Points, out_dir: str | Path, model_
     """Export ``detector`` (eval mode, CPU) as the two graphs, tracing with the example ``points``.
 
     Args:
-        detector: a :class:`~pointwin.models.detector.Detector` with a FlatFormer or single-stage DSVT backbone.
+        detector: a :class:`~pointwin.models.detector.Detector` with a FlatFormer or DSVT backbone.
         points: an example batch (its voxel / group counts only seed the tracer; all those dims are dynamic).
         out_dir: output folder (created).
         model_cfg: the ``model`` config section, stored in deploy.json so the runtime can rebuild the

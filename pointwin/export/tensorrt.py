@@ -53,8 +53,10 @@ def import_tensorrt():
 
 
 def frame_dims(frame: PreprocessedFrame) -> dict[str, int]:
-    """Dynamic dimensions of one preprocessed frame: num_points, num_voxels, p{i}_groups."""
-    dims = {"num_points": int(frame.point_feats.shape[0]), "num_voxels": frame.num_voxels}
+    """Dynamic dimensions of one preprocessed frame: num_points, num_voxels (per stage), p{i}_groups."""
+    dims = {"num_points": int(frame.point_feats.shape[0])}
+    for s, n in enumerate(frame.stage_voxel_counts()):
+        dims["num_voxels" if s == 0 else f"num_voxels_s{s}"] = n
     for name, g in frame.group_counts().items():
         dims[name.replace("_index", "_groups")] = g
     return dims
@@ -104,23 +106,33 @@ def input_shapes(meta: dict, profile: dict) -> dict[str, dict[str, tuple[tuple[i
         d = dims[which]
         return tuple((d[k], *rest) for k in ("min", "opt", "max"))
 
+    def voxels(stage: int) -> str:
+        return "num_voxels" if stage == 0 else f"num_voxels_s{stage}"
+
     graph1: dict[str, tuple] = {}
     names = meta["backbone"]["inputs"]
     feat_dim = int(meta["point_feat_dim"])
     graph1["point_feats"] = shape("num_points", feat_dim)
     graph1["point_voxel"] = shape("num_points")
+    last = 0
     for i, e in enumerate(meta["cache_entries"]):
+        stage = int(e.get("stage", 0))
         if e["kind"] == "partition":
             s = int(e["size"])
             graph1[f"p{i}_index"] = shape(f"p{i}_groups", s)
             graph1[f"p{i}_key_pad"] = shape(f"p{i}_groups", s)
-            graph1[f"p{i}_owner"] = shape("num_voxels")
+            graph1[f"p{i}_owner"] = shape(voxels(stage))
+        elif e["kind"] == "pooling":
+            graph1[f"q{i}_parent"] = shape(voxels(stage))
+            graph1[f"q{i}_inner"] = shape(voxels(stage))
+            graph1[f"q{i}_coords"] = shape(voxels(stage + 1), 4)
+            last = max(last, stage + 1)
         else:
-            graph1[f"t{i}_value"] = shape("num_voxels", int(e["size"]))
+            graph1[f"t{i}_value"] = shape(voxels(stage), int(e["size"]))
     missing = [n for n in names if n not in graph1]
     if missing:
         raise ValueError(f"profile: no shape rule for backbone inputs {missing}")
-    graph2 = {"voxel_feats": shape("num_voxels", int(meta["voxel_feat_dim"])), "voxel_coords": shape("num_voxels", 4)}
+    graph2 = {"voxel_feats": shape(voxels(last), int(meta["voxel_feat_dim"])), "voxel_coords": shape(voxels(last), 4)}
     return {"backbone": graph1, "head": graph2}
 
 
