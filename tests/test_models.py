@@ -267,3 +267,18 @@ def test_sinusoidal_encoding_hand_worked():
     expected = [math.sin(x), math.cos(x), math.sin(x * 0.1), math.cos(x * 0.1),
                 math.sin(y), math.cos(y), math.sin(y * 0.1), math.cos(y * 0.1)]
     torch.testing.assert_close(enc[0], torch.tensor(expected), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["flatformer", "dsvt_pillar", "scatterformer"])
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    model, shape, counts = build(name)
+    voxels = random_voxels(shape, counts, 8, seed=4)
+    grads = []
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        model.zero_grad()
+        out = model(voxels.replace(voxels.feats))
+        (out.feats ** 2).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -61,6 +61,11 @@ class Detector(nn.Module):
         voxels = self.backbone(voxels)
         return self.backbone_2d(self.scatter(voxels))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in the 3D backbone, when it supports it (timm convention)."""
+        if hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(enable)
+
     def forward(self, batch: Batch):
         """Head outputs (a :class:`CenterHeadOutput`) for ``batch``."""
         return self.head(self.bev_features(batch.points))

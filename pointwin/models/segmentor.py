@@ -36,6 +36,11 @@ class Segmentor(nn.Module):
         self.head = HEADS.build(head, "model.head", in_channels=self.backbone.out_channels,
                                 num_classes=len(self.class_names))
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in the 3D backbone, when it supports it (timm convention)."""
+        if hasattr(self.backbone, "set_grad_checkpointing"):
+            self.backbone.set_grad_checkpointing(enable)
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-point logits (N, K) (zeros for dropped points) and the (N,) bool mask of points with a voxel."""
         vox = self.vfe.voxelize(batch.points)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...nn import FFN, AttentionPool, LearnedPositionEncoding, PartitionAttention
 from ...partition import rotated_sets
@@ -124,6 +125,11 @@ class DSVT(nn.Module):
                 if self.channels[s + 1] != c:
                     raise ValueError("DSVT: channels must stay equal across stages (pooling keeps the width)")
         self.out_channels = self.channels[-1]
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each layer's activations in the backward pass (saves memory, costs time)."""
+        self.grad_checkpointing = enable
 
     def output_grid(self, spatial_shape) -> tuple[int, int, int]:
         """(Z, Y, X) of the output grid for an input grid ``spatial_shape``."""
@@ -168,6 +174,10 @@ class DSVT(nn.Module):
                 for i, (axis, layer) in enumerate(zip(LAYER_AXES, layers, strict=True)):
                     pos_shift = i if self.mix_shift_pos_embed else shift_id
                     pos = self.pos_embed[s][b][i](self.window_position(voxels, s, pos_shift)).to(x.dtype)
-                    x = layer(x, self.partition(voxels, s, shift_id, axis), pos)
+                    part = self.partition(voxels, s, shift_id, axis)
+                    if self.grad_checkpointing and self.training:
+                        x = checkpoint(layer, x, part, pos, use_reentrant=False)
+                    else:
+                        x = layer(x, part, pos)
                 x = self.residual_norms[s][b](x + residual)
         return voxels.replace(x)

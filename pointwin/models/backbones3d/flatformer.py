@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...nn import FFN, PartitionAttention, sinusoidal_encoding
 from ...partition import flattened_windows
@@ -69,6 +70,11 @@ class FlatFormer(nn.Module):
         self.layers = nn.ModuleList(FlatFormerLayer(channels, num_heads, ffn_ratio, dropout, activation)
                                     for _ in range(4 * num_blocks))
         self.out_channels = channels
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each layer's activations in the backward pass (saves memory, costs time)."""
+        self.grad_checkpointing = enable
 
     def partition(self, voxels: SparseVoxels, axis: str, shift: bool):
         key = ("flattened_windows", self.window, self.group_size, axis, shift)
@@ -87,5 +93,9 @@ class FlatFormer(nn.Module):
         pos = self.position_encoding(voxels).to(x.dtype)
         for i, layer in enumerate(self.layers):
             axis, shift = BLOCK_ORDERS[i % 4]
-            x = layer(x, self.partition(voxels, axis, shift), pos)
+            part = self.partition(voxels, axis, shift)
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(layer, x, part, pos, use_reentrant=False)
+            else:
+                x = layer(x, part, pos)
         return voxels.replace(x)

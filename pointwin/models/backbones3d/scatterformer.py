@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...nn import FFN, AttentionPool, PartitionAttention
 from ...ops import SubMConv3d
@@ -113,6 +114,11 @@ class ScatterFormer(nn.Module):
         self.final_pool: AttentionPool | None = None
         self.channels = channels
         self.out_channels = channels
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (saves memory, costs time)."""
+        self.grad_checkpointing = enable
 
     def output_grid(self, spatial_shape: Sequence[int]) -> tuple[int, int, int]:
         """(Z, Y, X) of the output for an input grid; builds the final height pooling for that extent."""
@@ -129,7 +135,12 @@ class ScatterFormer(nn.Module):
             if s > 0:
                 voxels = self.z_pools[s - 1](voxels)
             for block in blocks:
-                voxels = block(voxels)
+                if self.grad_checkpointing and self.training:
+                    v = voxels
+                    voxels = v.replace(checkpoint(lambda f, b=block, v=v: b(v.replace(f)).feats, v.feats,
+                                                  use_reentrant=False))
+                else:
+                    voxels = block(voxels)
         if self.height_pool and voxels.spatial_shape[0] > 1:
             if self.final_pool is None:
                 raise RuntimeError("ScatterFormer: call output_grid(input spatial_shape) once before forward "
