@@ -316,6 +316,7 @@ class Result:
     train_mib: float = float("nan")
     note: str = ""
     load: str = ""
+    task: str = "detection"
 
 
 def _measure(model: torch.nn.Module, res: Result, points: Points, device: torch.device, warmup: int,
@@ -371,7 +372,8 @@ def bench_model(label: str, section: Mapping, input_label: str, clouds: Sequence
         n_vox = model.vfe.voxelize(points).num_voxels
     params = sum(p.numel() for p in model.parameters()) / 1e6
     prec = {None: "fp32", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-    res = Result(label, input_label, prec, compiled, len(points), int(n_vox), params, load=common.load_average())
+    res = Result(label, input_label, prec, compiled, len(points), int(n_vox), params, load=common.load_average(),
+                 task="segmentation" if isinstance(model, Segmentor) else "detection")
     if compiled:
         try:
             model = compile_model(model)
@@ -432,7 +434,25 @@ def section_text(results: Sequence[Result], device: torch.device, header: str, w
         "Models are untrained (random weights), so decode+NMS "
         "sees many low-score candidates. Inputs: the real nuScenes 10-sweep aggregate (271,156 points, "
         "x y z intensity time-lag) and the three full KITTI scans as one batch (time-lag column zero)."
-        + gpu_note + "\n\n" + stage_table(results))
+        + gpu_note + "\n\n" + stage_table(results) + target_lines(results, device))
+
+
+def target_lines(results: Sequence[Result], device: torch.device) -> str:
+    """Issue targets checked against the measured rows (nuScenes 10-sweep frame, batch 1)."""
+    rows = [r for r in results if r.input.startswith("nuScenes 10-sweep") and r.task == "detection"
+            and not r.note and r.predict_ms == r.predict_ms]
+    if not rows:
+        return ""
+    if device.type == "cuda":
+        limit, what = 15.0, "whole detector under 15 ms (H100, batch 1)"
+    else:
+        limit, what = 3000.0, "whole-detector forward well under 3 s on the 2-core CPU"
+    items = []
+    for r in rows:
+        verdict = "met" if r.predict_ms < limit else "NOT met"
+        items.append(f"{r.model} ({r.precision}{', compiled' if r.compiled else ''}): {r.predict_ms / 1e3:.2f} s wall, "
+                     f"{r.predict_cpu_ms / 1e3:.2f} s CPU time -> {verdict}")
+    return f"\n\nTarget ({what}): " + "; ".join(items) + "."
 
 
 def run(device: torch.device, sections: Sequence[tuple[str, dict]], inputs: Sequence[tuple[str, list]],
