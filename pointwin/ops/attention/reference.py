@@ -103,7 +103,8 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
     """Variable-length groups: bucket groups by padded length, one masked SDPA call per bucket (and chunk).
 
     The number of SDPA calls is the number of distinct bucket lengths (logarithmic in the longest
-    group), not the number of groups. Returns (N, H, Dv).
+    group), not the number of groups; groups of ``LONG_GROUP`` slots or more (at most N / LONG_GROUP
+    of them) get one unpadded call each. Returns (N, H, Dv).
     """
     H = q.shape[1]
     idx = partition.index
@@ -125,6 +126,8 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
         for g in long_groups:
             slots = torch.arange(bounds[g], bounds[g + 1], device=q.device)
             qs = slots[is_owner[slots]]
+            if qs.numel() == 0:  # every voxel of this group is owned elsewhere
+                continue
             ks = slots if key_ok is None else slots[key_ok[slots]]
             o = _sdpa(q[idx[qs]][None], k[idx[ks]][None], v[idx[ks]][None], None, scale, dropout_p)[0]
             out_slots = out_slots.index_put((qs,), o)
