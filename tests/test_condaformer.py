@@ -14,6 +14,7 @@ from pointwin.nn.condaformer import (
 from pointwin.partition import cubic_windows
 from pointwin.partition.planes import plane_shift, plane_window, plane_windows, window_local_coords
 from pointwin.structures import SparseVoxels
+from tests.test_ptv3 import majority_accuracy, one_thread, overfit  # noqa: F401  (one_thread: autouse)
 
 
 def T(values):
@@ -207,3 +208,49 @@ def test_bad_head_count_raises():
         contextual_rpe_attention(q, q, q, cubic_windows(coords, (4, 4, 4), 4), window_local_coords(coords, (4,) * 3,
                                  (0,) * 3), (4, 4, 4), torch.zeros(3, 3, 1, 2), None, None)
 
+
+
+# -------------------------------------------------------------------------------------------------------
+# Backbone
+# -------------------------------------------------------------------------------------------------------
+def tiny_condaformer(**kw):
+    from pointwin.models.backbones3d import ConDaFormerSeg
+
+    args = dict(base_channels=12, enc_channels=(12, 24), enc_depths=(2, 1), enc_num_heads=(3, 3),
+                dec_channels=(12, 18), dec_depths=(1, 0), dec_num_heads=(3, 3), window=3, ffn_ratio=2.0,
+                drop_path=0.0)
+    args.update(kw)
+    return ConDaFormerSeg(8, **args)
+
+
+def test_backbone_forward_backward_permutation_and_determinism():
+    torch.manual_seed(0)
+    model = tiny_condaformer()
+    coords = random_grid(110, (6, 10, 10), seed=6)
+    x = torch.randn(coords.shape[0], 8, requires_grad=True)
+    out = model(SparseVoxels(x, coords, (6, 10, 10), 2))
+    assert out.feats.shape == (coords.shape[0], 12) and torch.equal(out.coords, coords)
+    (out.feats * torch.randn_like(out.feats)).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    model.eval()
+    perm = torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = model(SparseVoxels(x.detach(), coords, (6, 10, 10), 2)).feats
+        b = model(SparseVoxels(x.detach(), coords, (6, 10, 10), 2)).feats
+        c = model(SparseVoxels(x.detach()[perm], coords[perm], (6, 10, 10), 2)).feats
+    assert torch.equal(a, b)
+    torch.testing.assert_close(c, a[perm], atol=1e-5, rtol=1e-5)
+    assert [blk.attn.shifted for blk in model.enc[0]] == [False, True]
+
+
+def test_tiny_condaformer_segmentor_overfits_synthetic_frames():
+
+    first, last, acc = overfit(dict(type="ConDaFormerSeg", base_channels=16, enc_channels=[24, 48],
+                                    enc_depths=[1, 1], enc_num_heads=[3, 3], dec_channels=[16, 24],
+                                    dec_depths=[0, 0], dec_num_heads=[3, 3], window=4, ffn_ratio=2.0,
+                                    drop_path=0.0), steps=30)
+    base = majority_accuracy()
+    assert last < 0.35 * first, (first, last)
+    assert acc > max(0.93, base + 0.1), (acc, base)
