@@ -254,3 +254,30 @@ def test_tiny_condaformer_segmentor_overfits_synthetic_frames():
     base = majority_accuracy()
     assert last < 0.35 * first, (first, last)
     assert acc > max(0.93, base + 0.1), (acc, base)
+
+
+def test_contextual_rpe_through_the_triton_kernel():
+    """The widened (non-power-of-two) q/k/v run through the Triton varlen kernel (interpreter on the CPU)."""
+    pytest.importorskip("triton")
+    import os
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU and TRITON_INTERPRET is not set (run through tests/conftest.py)")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    coords = random_grid(24, (2, 4, 4), seed=11).to(dev)
+    window, shift = (3, 2, 1), (1, 1, 0)
+    part = cubic_windows(coords, (2, 4, 4), window, shift)
+    local = window_local_coords(coords, window, shift)
+    g = torch.Generator().manual_seed(12)
+    q, k, v = (torch.randn(24, 1, 4, generator=g).to(dev).requires_grad_(True) for _ in range(3))
+    tq, tk, tv = (torch.randn(5, 3, 1, 4, generator=g).to(dev).requires_grad_(True) for _ in range(3))
+    dout = torch.randn(24, 1, 4, generator=g).to(dev)
+    results = []
+    for backend in ("torch", "triton"):
+        out = contextual_rpe_attention(q, k, v, part, local, window, tq, tk, tv, backend=backend)
+        grads = torch.autograd.grad(out, (q, k, v, tq, tk, tv), dout)
+        results.append((out, grads))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)

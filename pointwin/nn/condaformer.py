@@ -70,7 +70,8 @@ def dft_basis(w: int, device: torch.device | None = None, dtype: torch.dtype = t
 def contextual_rpe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition,
                              local: torch.Tensor, window: Sequence[int], q_table: torch.Tensor | None,
                              k_table: torch.Tensor | None, v_table: torch.Tensor | None,
-                             scale: float | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+                             scale: float | None = None, dropout_p: float = 0.0, backend: str = "auto"
+                             ) -> torch.Tensor:
     """Group attention with contextual relative-position tables (see the module docstring).
 
     Args:
@@ -81,6 +82,8 @@ def contextual_rpe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         q_table, k_table, v_table: (2 wmax - 1, 3, H, D) tables indexed by ``r + wmax - 1`` (r = p_i - p_j)
             and axis; any may be None (no such term). wmax >= every window side.
         scale: logit scale on q, default 1/sqrt(D).
+        dropout_p, backend: passed to :func:`~pointwin.ops.group_attention` (the widened q/k/v need no
+            power-of-two width: the kernels pad and mask).
 
     Returns:
         (N, H, D).
@@ -90,7 +93,7 @@ def contextual_rpe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     q = q * s
     tables = [t for t in (q_table, k_table, v_table) if t is not None]
     if not tables:
-        return group_attention(q, k, v, partition, scale=1.0, dropout_p=dropout_p)
+        return group_attention(q, k, v, partition, scale=1.0, dropout_p=dropout_p, backend=backend)
     centre = (tables[0].shape[0] - 1) // 2
     q_parts, k_parts, v_parts = [q], [k], [v]
     v_terms = []  # (A_v, B_v, cos, sin, first value channel) per axis
@@ -125,7 +128,7 @@ def contextual_rpe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
             v_terms.append((A, B, cs, sn, used))
             used += 2 * w
     out = group_attention(torch.cat(q_parts, 2), torch.cat(k_parts, 2), torch.cat(v_parts, 2), partition,
-                          scale=1.0, dropout_p=dropout_p)
+                          scale=1.0, dropout_p=dropout_p, backend=backend)
     y = out[..., :D]
     for A, B, cs, sn, c0 in v_terms:
         w = A.shape[0]
