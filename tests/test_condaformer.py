@@ -240,8 +240,13 @@ def test_backbone_forward_backward_permutation_and_determinism():
         a = model(SparseVoxels(x.detach(), coords, (6, 10, 10), 2)).feats
         b = model(SparseVoxels(x.detach(), coords, (6, 10, 10), 2)).feats
         c = model(SparseVoxels(x.detach()[perm], coords[perm], (6, 10, 10), 2)).feats
+        m = coords[:, 0] == 1
+        coords1 = coords[m].clone()
+        coords1[:, 0] = 0
+        alone = model(SparseVoxels(x.detach()[m], coords1, (6, 10, 10), 1)).feats
     assert torch.equal(a, b)
     torch.testing.assert_close(c, a[perm], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, a[m], atol=1e-5, rtol=1e-5)
     assert [blk.attn.shifted for blk in model.enc[0]] == [False, True]
 
 
