@@ -178,20 +178,27 @@ def plot_training_curves(log: str | os.PathLike, out: str | os.PathLike) -> Path
     val = [r for r in records if r.get("mode") == "val"]
     if not train:
         raise ValueError(f"{log}: no training records (mode == 'train') to plot")
-    val_keys = sorted({k for r in val for k, v in r.items()
-                       if isinstance(v, (int, float)) and k not in ("epoch", "iter", "eval_time")
-                       and not k.startswith("num_")})
+    skip = {"epoch", "iter", "eval_time", "mode"}
+    numeric = sorted({k for r in val for k, v in r.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip
+                      and not k.startswith("num_")})
+    # headline metrics first (AP with BEV IoU, means), then the rest
+    val_keys = ([k for k in numeric if k.endswith("AP_BEV") and "/" in k] + [k for k in numeric if k.startswith("m")]
+                + [k for k in numeric if not (k.endswith("AP_BEV") and "/" in k) and not k.startswith("m")])[:6]
     ncols = 3 if val_keys else 2
     fig = Figure(figsize=(5 * ncols, 3.8))
     it = np.array([r["iter"] for r in train])
     loss = np.array([r["loss"] for r in train], dtype=np.float64)
     ax = fig.add_subplot(1, ncols, 1)
-    ax.plot(it, loss, lw=0.6, alpha=0.4, label="loss")
     k = max(1, len(loss) // 25)
-    if k > 1 and len(loss) > k:
+    smoothed = k > 1 and len(loss) > k
+    ax.plot(it, loss, lw=0.6 if smoothed else 1.5, alpha=0.4 if smoothed else 1.0, color="C0", label="loss")
+    if smoothed:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
-        ax.plot(it[k - 1:], smooth, lw=1.5, label=f"loss (mean of {k})")
-    parts = sorted({key for r in train for key in r if key.startswith("loss_") and key != "loss_avg"})
+        ax.plot(it[k - 1:], smooth, lw=1.5, color="C0", label=f"loss (mean of {k})")
+    not_parts = {"loss", "loss_avg", "lr", "grad_norm", "time", "data_time", "epoch", "iter", "mode"}
+    parts = sorted({key for r in train for key, v in r.items() if key not in not_parts
+                    and isinstance(v, (int, float)) and not isinstance(v, bool)})
     for key in parts[:6]:
         vals = np.array([r.get(key, np.nan) for r in train], dtype=np.float64)
         ax.plot(it, vals, lw=0.7, label=key)
