@@ -128,11 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, work_dir=False)
 
     p = sub.add_parser("bench", help="per-stage latency and memory benchmarks")
+    p.add_argument("--suite", action="append", choices=["e2e", "baselines", "scaling"], default=None,
+                   help="benchmark suite(s) to run (default: all; e2e only with --quick/--config/--input/--model)")
     p.add_argument("--config", type=Path, action="append", default=[], help="config(s) to benchmark (default: all)")
-    p.add_argument("--input", default=None, help="input cloud (default: the real sample files)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="Markdown file to append to")
+    p.add_argument("--model", action="append", default=None, help="model name(s) of the built-in list")
+    p.add_argument("--input", type=Path, action="append", default=[],
+                   help="input cloud(s) (default: the real sample files)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads")
+    p.add_argument("--no-train", action="store_true", help="skip the training-step timing")
+    p.add_argument("--quick", action="store_true", help="small configs, one timed repeat")
+    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="Markdown file to write the tables into")
     _common(p, work_dir=False)
     return parser
 
@@ -399,16 +406,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    for module in ("pointwin.bench", "benchmarks.run", "benchmarks"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        fn = getattr(mod, "bench_main", None) or getattr(mod, "main", None)
-        if callable(fn):
-            return int(fn(args) or 0)
-    raise CLIError("pointwin bench is not available yet in this build (no pointwin.bench / benchmarks module); "
-                   "run the scripts in benchmarks/ directly once they exist")
+    fn = _call_available("pointwin.bench", ("bench_main",), "pointwin bench")
+    return int(fn(args) or 0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
