@@ -197,6 +197,13 @@ def test_non_finite_loss_skips_step_then_aborts(tmp_path):
 def test_grad_checkpointing_switch_reaches_model(tmp_path):
     t = _trainer(tmp_path, val=False, grad_checkpoint=True)
     assert t.model.grad_checkpointing is True
+    from pointwin.engine.trainer import enable_grad_checkpointing
+
+    wrapper = torch.nn.Sequential(TinyRegressor(), torch.nn.Linear(2, 2), TinyRegressor())
+    assert enable_grad_checkpointing(wrapper) == 2  # reaches the submodules (the backbones of a detector)
+    assert wrapper[0].grad_checkpointing and wrapper[2].grad_checkpointing
+    with pytest.warns(UserWarning, match="set_grad_checkpointing"):
+        assert enable_grad_checkpointing(torch.nn.Linear(2, 2)) == 0
 
 
 def test_log_jsonl_records(tmp_path):

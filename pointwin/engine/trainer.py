@@ -226,6 +226,21 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
+def enable_grad_checkpointing(model: torch.nn.Module) -> int:
+    """Call ``set_grad_checkpointing(True)`` on the model, or else on every submodule that has it (the
+    backbones); warn when nothing supports it. Returns the number of modules switched."""
+    if hasattr(model, "set_grad_checkpointing"):
+        model.set_grad_checkpointing(True)
+        return 1
+    found = [m for m in model.modules() if m is not model and hasattr(m, "set_grad_checkpointing")]
+    for m in found:
+        m.set_grad_checkpointing(True)
+    if not found:
+        warnings.warn(f"train.grad_checkpoint is set but {type(model).__name__} has no module with "
+                      "set_grad_checkpointing(); ignored", stacklevel=3)
+    return len(found)
+
+
 def _to_cpu_float(result: Any) -> Any:
     """Move a prediction to the CPU; floating tensors become float32 (autocast may give bf16/fp16)."""
     if isinstance(result, Detections):
@@ -294,11 +309,7 @@ class Trainer:
 
         self.model = model.to(self.device)
         if settings.grad_checkpoint:
-            if hasattr(model, "set_grad_checkpointing"):
-                model.set_grad_checkpointing(True)
-            else:
-                warnings.warn(f"train.grad_checkpoint is set but {type(model).__name__} has no "
-                              "set_grad_checkpointing(); ignored", stacklevel=2)
+            enable_grad_checkpointing(model)
         self.amp_dtype: torch.dtype | None = None
         if settings.amp:
             if self.device.type != "cuda":
