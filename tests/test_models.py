@@ -282,3 +282,15 @@ def test_grad_checkpointing_gives_the_same_gradients(name):
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cubic_windows_golden():
+    from pointwin.partition.cubic import cubic_windows
+
+    coords = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 3], [0, 1, 2, 1], [1, 0, 0, 0], [0, 0, 0, 2]], dtype=torch.int32)
+    p = cubic_windows(coords, (4, 4, 4), (2, 2, 2)).check()
+    # windows (b, z//2, y//2, x//2): v0 (0,0,0,0); v1, v4 (0,0,0,1) with x 2 before 3; v2 (0,0,1,0); v3 (1,0,0,0)
+    assert p.index.tolist() == [0, 4, 1, 2, 3] and p.offsets.tolist() == [0, 1, 3, 4, 5] and p.size is None
+    shifted = cubic_windows(coords, (4, 4, 4), (2, 2, 2), shift=(1, 0, 0)).check()
+    # x + 1: v0 -> wx 0; v4 (x 3) and v2 (x 2, other y window) ; v1 (x 4) -> wx 2
+    assert [sorted(shifted.group(g).tolist()) for g in range(shifted.num_groups)] == [[0], [4], [1], [2], [3]]
