@@ -1,7 +1,8 @@
 """End-to-end detector / segmentor latency per stage, peak memory, forward and training step, on real clouds.
 
-For every model (the backbone configs FlatFormer, DSVT-P, DSVT-V, ScatterFormer and SphereSeg at their
-published settings; YAML configs from ``configs/`` when given) and every input (the nuScenes 10-sweep
+For every model (by default the ``configs/waymo`` and ``configs/nuscenes`` configs whose backbone is
+FlatFormer, DSVT-P, DSVT-V, ScatterFormer or SphereSeg; ``--model NAME`` picks the built-in published
+settings of :func:`published_models`; ``--config`` any YAML) and every input (the nuScenes 10-sweep
 aggregate, the three full KITTI scans as one batch), one forward pass is cut into stages:
 
 - ``voxelize``: grid assignment of the points (``vfe.voxelize``);
@@ -156,7 +157,8 @@ def model_sections(configs: Sequence[Path] = (), names: Sequence[str] = ()) -> l
         cfg = to_plain(load_config(path))
         if "model" not in cfg:
             raise SystemExit(f"{path}: no 'model' section to benchmark")
-        out.append((Path(path).stem, cfg["model"]))
+        path = Path(path)
+        out.append((f"{path.parent.name}/{path.stem}" if path.parent.name else path.stem, cfg["model"]))
     table = published_models()
     for name in names:
         if name not in table:
@@ -497,6 +499,26 @@ def default_precisions(device: torch.device, dtype: str | None) -> list[torch.dt
     return [torch.float32, torch.bfloat16, torch.float16] if device.type == "cuda" else [torch.float32]
 
 
+#: backbone types of the issue's table; their configs under configs/waymo and configs/nuscenes are the default
+BACKBONE_TYPES = ("FlatFormer", "DSVT", "ScatterFormer", "SphereSeg")
+
+
+def default_configs() -> list[Path]:
+    """The Waymo / nuScenes configs in ``configs/`` whose 3D backbone is one of :data:`BACKBONE_TYPES`."""
+    from pointwin.config import load_config, to_plain
+
+    out = []
+    for folder in ("waymo", "nuscenes"):
+        for path in sorted((common.ROOT / "configs" / folder).glob("*.yaml")):
+            try:
+                model = to_plain(load_config(path)).get("model", {})
+            except Exception:  # noqa: BLE001 - a broken config is skipped here and fails in its own tests
+                continue
+            if model.get("backbone", {}).get("type") in BACKBONE_TYPES:
+                out.append(path)
+    return out
+
+
 DEFAULT_MODELS = ("FlatFormer", "DSVT-P", "DSVT-V", "ScatterFormer", "SphereSeg", "DSVT-P nuScenes")
 #: --quick: the small synthetic-dataset configs on the real cloud (a < 1 minute smoke version of the table)
 QUICK_CONFIGS = ("configs/synthetic/flatformer_tiny.yaml",)
@@ -527,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     configs = list(args.config)
     if args.quick and not configs and args.model is None:
         configs = [common.ROOT / c for c in QUICK_CONFIGS]
+    if not configs and args.model is None:
+        configs = default_configs()  # the repository's Waymo / nuScenes configs at the published settings
     names = args.model if args.model is not None else ([] if configs else list(DEFAULT_MODELS))
     sections = model_sections(configs, names)
     inputs = ([(common.input_label(args.input), [common.load_cloud(i) for i in args.input])] if args.input

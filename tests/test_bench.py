@@ -69,7 +69,7 @@ def test_bench_e2e_smoke(tmp_path):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
     assert len(rows) == 1
     row = dict(zip(header, rows[0], strict=True))
-    assert row["model"] == "tiny_flatformer" and row["input"] == "cloud.bin (B=1)"
+    assert row["model"].endswith("/tiny_flatformer") and row["input"] == "cloud.bin (B=1)"
     # all 3000 points fall inside the grid: the voxel count is the number of distinct pillars
     pillars = np.unique(np.floor((_cloud(3000)[:, :2] + 6.4) / 0.32).astype(int), axis=0)
     assert row["voxels"] == f"{len(pillars):,}"
