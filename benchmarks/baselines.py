@@ -200,9 +200,9 @@ def section_text(att_rows, conv_rows, header: str, warmup: int, repeats: int) ->
         f"forward without autograd; median of {repeats} calls after {warmup} warm-up call(s). Ratio = time / "
         "pointwin time (> 1: pointwin faster).\n\n"
         "### Attention kernel inside the whole 3D backbone (partitions prebuilt)\n\n" + att + "\n\n"
-        "FlatFormer's groups are equal-size, so SST-style bucketing pads nothing there; DSVT's sets also have a "
-        "fixed size. The variable-window layers where padding costs most are in the attention section "
-        "(`benchmarks/attention.py`).\n\n"
+        "SST-style padding rounds every group up to the next power-of-two bucket (32, 64, 128, ...), so fixed-size "
+        "groups whose size is not a power of two pay for padding too (FlatFormer's groups, DSVT's sets). Single "
+        "variable-window layers are compared in the attention section (`benchmarks/attention.py`).\n\n"
         "### Sparse-conv CenterPoint-style backbone on the same voxels (partitions / kernel maps built per call)"
         "\n\n" + conv)
 
