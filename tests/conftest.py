@@ -35,6 +35,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# Under pytest-xdist every worker is its own process: one intra-op thread each keeps the workers from
+# oversubscribing the cores (OpenMP spin-waits make index_add_ 100x slower when they do).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
