@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..fileio import atomic_write
 from ..registry import Registry
 from ..structures import Boxes3D, Sample
 
@@ -44,21 +44,10 @@ INFO_VERSION = 1
 # ---------------------------------------------------------------------------------------------------
 # file I/O
 # ---------------------------------------------------------------------------------------------------
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to a temporary file next to ``path``, then rename it over ``path``."""
-    _atomic_write(Path(path), lambda f: json.dump(obj, f, separators=(",", ":")), mode="w")
+    """Write ``obj`` as compact JSON to a temporary file next to ``path``, then rename it over ``path``."""
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, separators=(",", ":"))
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -76,12 +65,13 @@ def save_points(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write an array atomically: ``.npy`` (dtype and shape kept, no pickle) or ``.bin`` (raw float32)."""
     path = Path(path)
     array = np.ascontiguousarray(array)
-    if path.suffix == ".npy":
-        _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
-    elif path.suffix == ".bin":
-        _atomic_write(path, lambda f: f.write(array.astype(np.float32).tobytes()))
-    else:
+    if path.suffix not in (".npy", ".bin"):
         raise ValueError(f"{path}: point files must end in .npy or .bin")
+    with atomic_write(path, "wb") as f:
+        if path.suffix == ".npy":
+            np.save(f, array, allow_pickle=False)
+        else:
+            f.write(array.astype(np.float32).tobytes())
 
 
 def load_points(path: str | os.PathLike, num_channels: int | None = None) -> np.ndarray:

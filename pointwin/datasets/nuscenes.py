@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..fileio import write_json
 from ..structures import Boxes3D, Sample
 from .base import DATASETS, PointDataset
 
@@ -389,9 +390,7 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
                             "class_names": list(DETECTION_CLASSES), "lidarseg_classes": list(LIDARSEG_CLASSES),
                             "lidarseg_map": seg_map}, "infos": infos}
         path = out / f"nuscenes_infos_{version}_{split}.json"
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
+        write_json(path, doc)
         paths[split] = path
     return paths
 

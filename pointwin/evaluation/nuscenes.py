@@ -25,12 +25,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numba
 import numpy as np
+
+from ..fileio import write_json
 
 DETECTION_CLASSES = ("car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian", "motorcycle", "bicycle",
                      "traffic_cone", "barrier")
@@ -396,16 +397,7 @@ def write_submission(path: str | os.PathLike, boxes: NuScenesBoxes, meta: dict |
         })
     meta = meta or {"use_camera": False, "use_lidar": True, "use_radar": False, "use_map": False,
                     "use_external": False}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"meta": meta, "results": results}, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, {"meta": meta, "results": results})
 
 
 def read_submission(path: str | os.PathLike, ego_translation: dict[str, np.ndarray] | None = None,

@@ -30,12 +30,12 @@ assignment per frame and cut-off) reproduces pointwin's counts exactly.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import write_bytes
 from .detection import (
     SCORE_CUTOFFS,
     candidate_pairs,
@@ -332,16 +332,7 @@ def write_predictions(path: str | os.PathLike, boxes, types, scores, context_nam
         o.frame_timestamp_micros = int(stamps[i])
         if objs.overlap_nlz[i]:
             o.overlap_with_nlz = True
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(msg.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, msg.SerializeToString())
 
 
 def format_table(result: dict) -> str:

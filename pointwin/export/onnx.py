@@ -14,8 +14,6 @@ refuses ``index_add_``; the dynamo exporter emits ScatterND with ``reduction="ad
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fileio import atomic_path, write_json
 from ..structures import Detections, Points
 from .modules import BackboneGraph, CacheEntry, HeadGraph, PreprocessedFrame, Preprocessor, head_output_names
 
@@ -64,15 +63,8 @@ def backbone_io(entries: Sequence[CacheEntry]) -> tuple[list[str], tuple]:
 
 
 def _atomic_onnx(program, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    program.save(str(tmp))
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        program.save(str(tmp))
 
 
 @dataclass
@@ -136,7 +128,7 @@ def export_onnx(detector: nn.Module, points: Points, out_dir: str | Path, model_
         "tolerances": TOLERANCES,
         "torch": torch.__version__,
     }
-    _atomic_text(json.dumps(meta, indent=2), meta_path)
+    write_json(meta_path, meta, indent=2)
     return ExportResult(out, backbone_path, head_path, meta_path, frame)
 
 

@@ -17,15 +17,14 @@ each. Requires the ``tensorrt`` Python package (TensorRT >= 10) and an NVIDIA GP
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..fileio import write_bytes, write_json
 from ..structures import Points
 from .modules import PreprocessedFrame, Preprocessor
 
@@ -91,11 +90,7 @@ def collect_profile(detector: torch.nn.Module, clouds: Iterable[Points], headroo
 
 
 def save_profile(profile: dict, out_dir: str | Path) -> Path:
-    path = Path(out_dir) / PROFILE_JSON
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(profile, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(out_dir) / PROFILE_JSON, profile, indent=2)
 
 
 def input_shapes(meta: dict, profile: dict) -> dict[str, dict[str, tuple[tuple[int, ...], ...]]]:
@@ -163,11 +158,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, shapes: dict[str,
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path} (see the log above)")
-    plan_path = Path(plan_path)
-    tmp = plan_path.with_name(plan_path.name + ".tmp")
-    tmp.write_bytes(bytes(plan))
-    os.replace(tmp, plan_path)
-    return plan_path
+    return write_bytes(plan_path, bytes(plan))
 
 
 def build_engines(export_dir: str | Path, profile: dict, fp16: bool = True) -> dict[str, Path]:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...fileio import write_json
+
 __all__ = ["WAYMO_TYPE_NAMES", "convert_segment", "create_waymo_infos", "discover_segments", "main",
            "merge_waymo_infos", "parse_shard"]
 
@@ -128,12 +130,6 @@ def _iter_v2(root: str, segment: str) -> Iterator[tuple[int, np.ndarray | None, 
         yield frame.timestamp, frame.pose, frame_points(frame, calibs, segmentation=seg), lab, segment
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def convert_segment(kind: str, source: str, segment: str, out: str | os.PathLike) -> int:
     """Convert one segment into ``out/<segment>`` (skipped if it exists); returns the number of frames written."""
     out = Path(out)
@@ -160,7 +156,7 @@ def convert_segment(kind: str, source: str, segment: str, out: str | os.PathLike
         infos.sort(key=lambda i: i["timestamp_micros"])
         for idx, info in enumerate(infos):
             info["sample_idx"] = idx
-        _write_json(tmp / "infos.json", infos)
+        write_json(tmp / "infos.json", infos)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -222,10 +218,10 @@ def create_waymo_infos(src: str | os.PathLike | None = None, out: str | os.PathL
         bar.close()
     prefix = f"waymo_infos_{split}" if split else "waymo_infos"
     path = out / f"{prefix}_shard{i}of{n}.json"
-    _write_json(path, _collect(out, mine))
+    write_json(path, _collect(out, mine))
     if split and all((out / s).is_dir() for s in segments):
         path = out / f"{prefix}.json"
-        _write_json(path, _collect(out, sorted(segments)))
+        write_json(path, _collect(out, sorted(segments)))
     return path
 
 
@@ -241,7 +237,7 @@ def merge_waymo_infos(out: str | os.PathLike, name: str = "waymo_infos.json") ->
     out = Path(out)
     segments = sorted(p.parent.name for p in out.glob("*/infos.json") if not p.parent.name.startswith(".partial-"))
     infos = _collect(out, segments)
-    _write_json(out / name, infos)
+    write_json(out / name, infos)
     return infos
 
 

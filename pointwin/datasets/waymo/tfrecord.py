@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import numba
 import numpy as np
+
+from ...fileio import atomic_write
 
 __all__ = ["TFRecordCorruptError", "crc32c", "iter_records", "masked_crc32c", "write_records"]
 
@@ -121,19 +122,12 @@ def iter_records(path: str | os.PathLike, check_crc: bool = True) -> Iterator[by
 
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
     """Write ``records`` as a TFRecord file (via a temp name, then rename); returns the record count."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     count = 0
-    try:
-        with open(tmp, "wb") as f:
-            for data in records:
-                length = struct.pack("<Q", len(data))
-                f.write(length + struct.pack("<I", masked_crc32c(length)))
-                f.write(data)
-                f.write(struct.pack("<I", masked_crc32c(data)))
-                count += 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, "wb") as f:
+        for data in records:
+            length = struct.pack("<Q", len(data))
+            f.write(length + struct.pack("<I", masked_crc32c(length)))
+            f.write(data)
+            f.write(struct.pack("<I", masked_crc32c(data)))
+            count += 1
     return count

@@ -1,0 +1,64 @@
+"""Atomic file writes: a crash or an error never leaves half a file under the final name.
+
+Every writer in pointwin (infos, checkpoints, predictions, ONNX graphs, pictures) goes through
+:func:`atomic_write`: it writes to a temporary file in the target folder, flushes it to disk, then
+renames it over the target (a rename within one folder is atomic on POSIX and Windows).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it over ``path``, else delete it.
+
+    For writers that want a file name rather than a file object (``savefig``, ONNX ``save``). The
+    temporary name keeps the suffix of ``path`` so that writers choosing a format by suffix still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path`` for writing; on success fsync and rename it over ``path``."""
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_write mode must be a write mode ('w', 'wb'), got {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+    return Path(path)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> Path:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=indent)
+    return Path(path)
