@@ -94,12 +94,37 @@ def fit_exponent(sizes: Sequence[float], values: Sequence[float]) -> float:
 # Memory
 
 
+_MALLINFO2: list = []
+
+
+def _mallinfo2():
+    """glibc's ``mallinfo2`` through ctypes, or None (other libc, old glibc)."""
+    if not _MALLINFO2:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                               "usmblks", "fsmblks", "uordblks", "fordblks",
+                                                               "keepcost")]
+
+        try:
+            fn = ctypes.CDLL("libc.so.6").mallinfo2
+            fn.restype = MallInfo2
+            fn()
+        except (OSError, AttributeError):
+            fn = None
+        _MALLINFO2.append(fn)
+    return _MALLINFO2[0]
+
+
 class PeakMemory:
     """Peak extra memory (MiB) while the ``with`` block runs.
 
-    CUDA: ``max_memory_allocated`` minus what was allocated at entry (tensor memory, exact). CPU: the
-    process's resident set size sampled every ``interval`` seconds by a thread, minus the RSS at entry
-    (includes allocator caching and non-tensor memory, and misses peaks shorter than the interval).
+    CUDA: ``max_memory_allocated`` minus what was allocated at entry (tensor memory, exact). CPU: the bytes
+    in use by malloc (glibc ``mallinfo2``: small-block in-use + mmapped blocks; torch's CPU tensors come
+    from malloc) sampled every ``interval`` seconds by a thread, minus the value at entry; where
+    ``mallinfo2`` is missing, the resident set size instead (which also counts freed memory the allocator
+    keeps). Peaks shorter than the interval can be missed.
     """
 
     def __init__(self, device: torch.device, interval: float = 0.002) -> None:
@@ -111,6 +136,15 @@ class PeakMemory:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
+    @staticmethod
+    def host_bytes() -> int:
+        """Bytes currently allocated through malloc (RSS where glibc's mallinfo2 is unavailable)."""
+        fn = _mallinfo2()
+        if fn is None:
+            return PeakMemory.rss_bytes()
+        info = fn()
+        return int(info.uordblks + info.hblkhd)
+
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             sync(self.device)
@@ -119,12 +153,12 @@ class PeakMemory:
             return self
         import threading
 
-        self._base = self._peak = self.rss_bytes()
+        self._base = self._peak = self.host_bytes()
         self._stop = threading.Event()
 
         def sample() -> None:
             while not self._stop.is_set():
-                self._peak = max(self._peak, self.rss_bytes())
+                self._peak = max(self._peak, self.host_bytes())
                 self._stop.wait(self.interval)
 
         self._thread = threading.Thread(target=sample, daemon=True)
@@ -138,7 +172,7 @@ class PeakMemory:
             return
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, self.rss_bytes())
+        self._peak = max(self._peak, self.host_bytes())
         self.mib = (self._peak - self._base) / 2**20
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -144,3 +145,15 @@ def test_voxel_set_subsamples_and_tiles():
         assert torch.equal(big.coords[b == copy][:, 1:], coords[:, 1:])
     last = big.feats[b == 2][:, 0].long()
     assert torch.equal(big.coords[b == 2][:, 1:], coords[last][:, 1:])
+
+
+def test_peak_memory_counts_live_tensors():
+    """Two live 16 MiB float32 tensors at the peak: at least 32 MiB above the level at entry."""
+    def work():
+        a = torch.ones(4 * 2**20)
+        b = a + 1
+        time.sleep(0.02)  # let the sampler see the peak
+        return float(b[0])
+
+    mib = common.peak_memory_mib(work, torch.device("cpu"))
+    assert 31.9 < mib < 64
