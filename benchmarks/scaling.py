@@ -134,7 +134,8 @@ def section_text(curves, skipped, header: str, repeats: int, png: Path | None) -
             f"{header} 3D backbone forward (no autograd, partitions built in every call), median of {repeats} "
             "call(s); voxel sets from the nuScenes 10-sweep frame encoded by each model's VFE, subsampled or "
             "tiled as extra batch samples. Exponent: least-squares slope of log(value) vs log(voxels) "
-            "(1.0 = linear). CPU memory is the sampled RSS delta, which is noisy for small sets.\n\n"
+            "(1.0 = linear). Memory: extra memory at the high-water mark of the call (CUDA: max_memory_allocated; "
+            "CPU: malloc in-use bytes, sampled every 2 ms).\n\n"
             + table + pic)
 
 
