@@ -432,7 +432,7 @@ def section_text(results: Sequence[Result], device: torch.device, header: str, w
         "builds of cached window partitions inside the 3D backbone; the 3D backbone column excludes them. The "
         "training step is forward + loss + backward + AdamW on seeded synthetic targets (30 random boxes per "
         "sample, or random per-point classes). Peak memory: extra memory at the high-water mark over the timed "
-        "calls (CUDA: max_memory_allocated; CPU: resident-set-size delta sampled every 2 ms). "
+        "calls (CUDA: max_memory_allocated; CPU: malloc in-use bytes sampled every 2 ms). "
         "Models are untrained (random weights), so decode+NMS "
         "sees many low-score candidates. Inputs: the real nuScenes 10-sweep aggregate (271,156 points, "
         "x y z intensity time-lag) and the three full KITTI scans as one batch (time-lag column zero)."
