@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     png = None
     if not args.no_plot:
         png = RESULTS / f"scaling_{device.type}.png"
-        plot(curves, png, header[:160])
+        plot(curves, png, f"3D backbone, {common.device_name(device)}, {common.now_utc()}")
     text = section_text(curves, skipped, header, args.repeats, png)
     print(text)
     if args.write:
