@@ -189,6 +189,7 @@ class RunLogger:
         if not self.enabled:
             return
         record = {k: (float(v) if isinstance(v, (np.floating, torch.Tensor)) else v) for k, v in record.items()}
+        record.setdefault("wall", round(time.time(), 3))  # unix time, for wall-clock accounting of a run
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None and step is not None:
