@@ -178,7 +178,7 @@ def plot_training_curves(log: str | os.PathLike, out: str | os.PathLike) -> Path
     val = [r for r in records if r.get("mode") == "val"]
     if not train:
         raise ValueError(f"{log}: no training records (mode == 'train') to plot")
-    skip = {"epoch", "iter", "eval_time", "mode"}
+    skip = {"epoch", "iter", "eval_time", "mode", "wall"}
     numeric = sorted({k for r in val for k, v in r.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip
                       and not k.startswith("num_")})
@@ -196,7 +196,7 @@ def plot_training_curves(log: str | os.PathLike, out: str | os.PathLike) -> Path
     if smoothed:
         smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
         ax.plot(it[k - 1:], smooth, lw=1.5, color="C0", label=f"loss (mean of {k})")
-    not_parts = {"loss", "loss_avg", "lr", "grad_norm", "time", "data_time", "epoch", "iter", "mode"}
+    not_parts = {"loss", "loss_avg", "lr", "grad_norm", "time", "data_time", "epoch", "iter", "mode", "wall"}
     parts = sorted({key for r in train for key, v in r.items() if key not in not_parts
                     and isinstance(v, (int, float)) and not isinstance(v, bool)})
     for key in parts[:6]:

@@ -195,7 +195,7 @@ class RunLogger:
         if self.tb is not None and step is not None:
             prefix = record.get("mode", "train")
             for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "iter", "mode"):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "iter", "mode", "wall"):
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
 
     def print(self, text: str) -> None:
