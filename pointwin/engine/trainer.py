@@ -195,7 +195,8 @@ class RunLogger:
         if self.tb is not None and step is not None:
             prefix = record.get("mode", "train")
             for k, v in record.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("epoch", "iter", "mode", "wall"):
+                skip = k in ("epoch", "iter", "mode", "wall")
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and not skip:
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
 
     def print(self, text: str) -> None:
