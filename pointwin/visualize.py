@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .fileio import atomic_path
+
 GT_COLOR = "#00a000"
 PRED_COLORS = ("#d62728", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 
@@ -50,9 +52,8 @@ def _save(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     return path
 
 

@@ -15,16 +15,16 @@ Layout of a checkpoint::
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..fileio import atomic_write
 
 FORMAT = "pointwin-ckpt-1"
 LATEST = "latest.pth"
@@ -71,20 +71,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- write / read
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temp file in the target directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
+    return Path(path)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

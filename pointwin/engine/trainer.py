@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from pointwin.config import ConfigError, to_plain
 from pointwin.structures import Boxes3D, Detections, collate
 
+from ..fileio import atomic_path, write_text
 from . import dist
 from .checkpoint import (
     LATEST,
@@ -364,9 +364,8 @@ class Trainer:
         if name is not None:
             path = save_checkpoint(self.work_dir / name, self.model, self.optimizer, self.scheduler, self.scaler,
                                    **kw)
-            tmp = self.work_dir / f".{LATEST}.copy.tmp"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, latest)
+            with atomic_path(latest) as tmp:
+                shutil.copyfile(path, tmp)
             for old in list_checkpoints(self.work_dir)[self.s.keep_ckpts:]:
                 old.unlink(missing_ok=True)
             return path
@@ -580,9 +579,7 @@ class Trainer:
         self.logger.log({"mode": "val", "epoch": self.epoch, "iter": self.iteration, **scalars,
                          "eval_time": time.perf_counter() - t0}, step=self.iteration)
         path = self.work_dir / f"metrics_epoch_{self.epoch}.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2, default=str))
-        os.replace(tmp, path)
+        write_text(path, json.dumps(metrics, indent=2, default=str))
         shown = ", ".join(f"{k}={v:.4f}" for k, v in scalars.items())
         self.logger.print(f"epoch {self.epoch} eval: {shown}")
         return metrics
