@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -37,3 +39,10 @@ def test_atomic_path_keeps_suffix(tmp_path):
 def test_read_mode_rejected(tmp_path):
     with pytest.raises(ValueError, match="write mode"), atomic_write(tmp_path / "a", "r"):
         pass
+
+
+def test_permissions_like_plain_open(tmp_path):
+    write_text(tmp_path / "a.txt", "x")
+    (tmp_path / "b.txt").write_text("x")
+    mode = stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode)
