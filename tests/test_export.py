@@ -274,18 +274,19 @@ def test_converter_reference_names():
 
 
 def test_load_openpcdet_checkpoint_file(tmp_path):
-    """A checkpoint in OpenPCDet's layout ({'model_state': ...}, with the reference-only encoder norms)
-    loads into a fresh model, lists the unmatched keys, and reproduces the source model's outputs."""
+    """A checkpoint in OpenPCDet's layout ({'model_state': ...}, with a reference-only key added) loads
+    into a fresh model, lists the unmatched key, and reproduces the source model's outputs."""
     from pointwin.export.converters import load_reference_checkpoint, to_reference
 
     src, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml")
     ref = to_reference(src.state_dict(), src, "openpcdet")
-    ref["backbone_3d.stage_0.0.encoder_list.0.norm.weight"] = torch.ones(32)
+    assert "backbone_3d.stage_0.0.encoder_list.0.norm.weight" in ref  # DSVT_EncoderLayer.norm maps
+    ref["backbone_3d.stage_0.0.encoder_list.0.extra_norm.weight"] = torch.ones(32)
     torch.save({"model_state": ref, "epoch": 24}, tmp_path / "dsvt.pth")
     torch.manual_seed(123)
     dst = build_model(load_config("configs/synthetic/dsvt_pillar_tiny.yaml")["model"]).eval()
     result = load_reference_checkpoint(dst, tmp_path / "dsvt.pth", "openpcdet")
-    assert result.unmatched_reference == ["backbone_3d.stage_0.0.encoder_list.0.norm.weight"]
+    assert result.unmatched_reference == ["backbone_3d.stage_0.0.encoder_list.0.extra_norm.weight"]
     assert result.missing_pointwin == []
     assert "unmatched reference keys (1)" in result.report()
     points = _nuscenes_points(NUSCENES_SMALL)

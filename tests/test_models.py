@@ -294,3 +294,32 @@ def test_cubic_windows_golden():
     shifted = cubic_windows(coords, (4, 4, 4), (2, 2, 2), shift=(1, 0, 0)).check()
     # x + 1: v0 -> wx 0; v4 (x 3) and v2 (x 2, other y window) ; v1 (x 4) -> wx 2
     assert [sorted(shifted.group(g).tolist()) for g in range(shifted.num_groups)] == [[0], [4], [1], [2], [3]]
+
+
+def test_dsvt_encoder_layer_matches_openpcdet_structure():
+    """DSVT_EncoderLayer = LN(SetAttention(x) + x), SetAttention post-norm; rebuilt here by hand with
+    nn.MultiheadAttention on one set of 5 voxels (no padding), in float64."""
+    from pointwin.models.backbones3d.dsvt import SetAttentionLayer
+    from pointwin.partition import Partition
+
+    torch.manual_seed(3)
+    C, H, n = 8, 2, 5
+    layer = SetAttentionLayer(C, H, 16, activation="gelu").double().eval()
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x, pos = torch.randn(n, C, dtype=torch.float64), torch.randn(n, C, dtype=torch.float64)
+    part = Partition(torch.arange(n), torch.tensor([0, n]), torch.arange(n), size=n)
+    out = layer(x, part, pos)
+
+    mha = torch.nn.MultiheadAttention(C, H, batch_first=True).double().eval()
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(layer.attn.qkv.weight)
+        mha.in_proj_bias.copy_(layer.attn.qkv.bias)
+        mha.out_proj.weight.copy_(layer.attn.proj.weight)
+        mha.out_proj.bias.copy_(layer.attn.proj.bias)
+        qk = (x + pos)[None]
+        attn = mha(qk, qk, x[None], need_weights=False)[0][0]
+        y = layer.norm1(x + attn)
+        y = layer.norm2(y + layer.ffn.fc2(torch.nn.functional.gelu(layer.ffn.fc1(y))))
+        expected = layer.norm_out(y + x)
+    torch.testing.assert_close(out, expected)

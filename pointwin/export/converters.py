@@ -10,9 +10,6 @@ fused ``qkv`` Linear is ``nn.MultiheadAttention.in_proj_weight`` in q, k, v orde
 
 Known structural differences (reported as unmatched keys, never silently dropped):
 
-* OpenPCDet's ``DSVT_EncoderLayer`` has one more LayerNorm (``encoder_list.i.norm``) after its set
-  attention, applied to ``attention_block(x) + x``; pointwin's layer has no such norm, so those keys are
-  listed and a converted DSVT will not reproduce OpenPCDet's outputs exactly.
 * OpenPCDet DSVT feeds layer i the position embedding of shift i (its TODO "mismatch of pos_embed"):
   build the pointwin DSVT with ``mix_shift_pos_embed: true`` to load its checkpoints.
 * pointwin's ``input_proj`` (VFE width != model width) has no reference counterpart.
@@ -64,6 +61,8 @@ def _rules_openpcdet(model: nn.Module) -> list[Rule]:
         (attn + r"attn\.proj\.(.+)", lambda m: enc.format(m[1], m[2], m[3]) + f"self_attn.out_proj.{m[4]}"),
         (attn + r"ffn\.fc([12])\.(.+)", lambda m: enc.format(m[1], m[2], m[3]) + f"linear{m[4]}.{m[5]}"),
         (attn + r"(norm[12])\.(.+)", lambda m: enc.format(m[1], m[2], m[3]) + f"{m[4]}.{m[5]}"),
+        # DSVT_EncoderLayer's own LayerNorm around the set attention (outside win_attn)
+        (attn + r"norm_out\.(.+)", lambda m: f"backbone_3d.stage_{m[1]}.{m[2]}.encoder_list.{m[3]}.norm.{m[4]}"),
         (r"backbone\.pos_embed\.(\d+)\.(\d+)\.(\d+)\.mlp\.(.+)",
          lambda m: f"backbone_3d.input_layer.posembed_layers.{m[1]}.{m[2]}.{m[3]}.position_embedding_head.{m[4]}"),
         (r"backbone\.residual_norms\.(\d+)\.(\d+)\.(.+)",

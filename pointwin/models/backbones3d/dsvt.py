@@ -35,7 +35,8 @@ LAYER_AXES = ("y", "x")
 
 
 class SetAttentionLayer(nn.Module):
-    """Post-norm set attention: x = LN(x + Attn(x + pos)); x = LN(x + FFN(x)). Shapes: (N, C) -> (N, C)."""
+    """Post-norm set attention wrapped in one more residual LayerNorm, as DSVT's public encoder layer:
+    y = LN1(x + Attn(x + pos)); y = LN2(y + FFN(y)); out = LN_out(y + x). Shapes: (N, C) -> (N, C)."""
 
     def __init__(self, channels: int, num_heads: int, ffn_channels: int, dropout: float = 0.0,
                  activation: str = "gelu") -> None:
@@ -44,11 +45,13 @@ class SetAttentionLayer(nn.Module):
         self.norm1 = nn.LayerNorm(channels)
         self.ffn = FFN(channels, ffn_channels, activation, dropout)
         self.norm2 = nn.LayerNorm(channels)
+        self.norm_out = nn.LayerNorm(channels)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, partition, pos: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, partition, pos)))
-        return self.norm2(x + self.drop(self.ffn(x)))
+        y = self.norm1(x + self.drop(self.attn(x, partition, pos)))
+        y = self.norm2(y + self.drop(self.ffn(y)))
+        return self.norm_out(y + x)
 
 
 def _per_stage(value, n: int, name: str) -> list:
