@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -185,14 +184,6 @@ def _call_available(module: str, names: tuple[str, ...], what: str) -> Any:
     raise CLIError(f"{what} is not available yet in this build ({module} has no {' / '.join(names)})")
 
 
-def _call_with(fn: Any, **candidates: Any) -> Any:
-    """Call ``fn`` with the candidates its signature accepts (keyword names), skipping None values."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return fn(**{k: v for k, v in candidates.items() if v is not None})
-    return fn(**{k: v for k, v in candidates.items() if k in params and v is not None})
-
-
 def print_metrics(metrics: dict, title: str = "metrics") -> str:
     """A two-column table of the scalar metrics; returns the text."""
     rows = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -272,41 +263,42 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_create_data(args: argparse.Namespace) -> int:
     what = f"create-data {args.dataset}"
     if args.dataset == "synthetic":
-        fn = _call_available("pointwin.datasets.synthetic", ("create_synthetic",), what)
-        out = args.out or Path("data/synthetic")
-        written = fn(out, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+        create = _call_available("pointwin.datasets.synthetic", ("create_synthetic",), what)
+        written = create(args.out or Path("data/synthetic"), num_train=args.num_train, num_val=args.num_val,
+                         seed=args.seed, workers=args.workers)
+    else:
+        if args.root is None:
+            raise CLIError(f"{what} needs --root (the folder holding the raw dataset)")
+        if not args.root.exists():
+            raise CLIError(f"{what}: --root {args.root} does not exist")
+        out = args.out or args.root
+        if args.dataset == "nuscenes":
+            create = _call_available("pointwin.datasets.nuscenes", ("create_nuscenes_infos",), what)
+            written = create(args.root, version=args.version or "v1.0-trainval", out=out, max_sweeps=args.max_sweeps)
+        elif args.dataset == "waymo":
+            create = _call_available("pointwin.datasets.waymo", ("create_waymo_infos",), what)
+            written = create(args.root, out, shard=_parse_shard(args.shard), workers=args.workers, split=args.split)
+        else:
+            create = _call_available("pointwin.datasets.kitti", ("create_kitti_infos",), what)
+            written = create(args.root, out, split=args.split)
+    if isinstance(written, dict):
         for split, path in written.items():
             print(f"{split}: {path}")
-        return 0
-    if args.root is None:
-        raise CLIError(f"{what} needs --root (the folder holding the raw dataset)")
-    if not args.root.exists():
-        raise CLIError(f"{what}: --root {args.root} does not exist")
-    module, names = {
-        "nuscenes": ("pointwin.datasets.nuscenes", ("create_nuscenes_infos",)),
-        "waymo": ("pointwin.datasets.waymo", ("create_waymo_infos",)),
-        "kitti": ("pointwin.datasets.kitti", ("create_kitti_infos",)),
-    }[args.dataset]
-    fn = _call_available(module, names, what)
-    shard = None
-    if args.shard is not None:
-        try:
-            i, n = (int(v) for v in args.shard.split("/"))
-        except ValueError:
-            raise CLIError(f"--shard must look like I/N (e.g. 0/4), got {args.shard!r}") from None
-        if not 0 <= i < n:
-            raise CLIError(f"--shard {args.shard}: need 0 <= I < N")
-        shard = (i, n)
-    out = args.out or args.root
-    result = _call_with(fn, root=args.root, data_root=args.root, dataroot=args.root, out_dir=out, out=out,
-                        version=args.version, split=args.split, max_sweeps=args.max_sweeps,
-                        workers=args.workers, num_workers=args.workers, shard=shard)
-    if isinstance(result, dict):
-        for split, path in result.items():
-            print(f"{split}: {path}")
-    elif result is not None:
-        print(f"wrote {result}")
+    else:
+        print(f"wrote {written}")
     return 0
+
+
+def _parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return (0, 1)
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise CLIError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise CLIError(f"--shard {text}: need 0 <= I < N")
+    return (i, n)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -326,10 +318,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         if args.dataroot is None:
             raise CLIError("eval nuscenes needs --dataroot (the nuScenes folder with the JSON tables)")
-        evaluate = _call_available("pointwin.evaluation.nuscenes", ("evaluate_files", "evaluate_submission"),
+        evaluate = _call_available("pointwin.evaluation.nuscenes", ("evaluate_files",),
                                    "eval nuscenes")
-        result = _call_with(evaluate, result_path=args.pred, pred_path=args.pred, dataroot=args.dataroot,
-                            version=args.version, eval_set=args.eval_set)
+        result = evaluate(args.pred, args.dataroot, version=args.version, eval_set=args.eval_set)
         table = getattr(importlib.import_module("pointwin.evaluation.nuscenes"), "format_table", None)
         print(table(result) if callable(table) else json.dumps(result, indent=2, default=str))
     if args.out is not None:

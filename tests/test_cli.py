@@ -145,6 +145,27 @@ def test_create_data_synthetic(tmp_path, capsys):
     assert len(json.loads((out / "synthetic_infos_val.json").read_text())["frames"]) == 1
 
 
+def test_create_data_kitti_and_waymo_real_files(tmp_path, capsys):
+    from tests.conftest import shared_file
+
+    kitti = shared_file("kitti/full")
+    assert main(["create-data", "kitti", "--root", str(kitti), "--out", str(tmp_path / "kitti")]) == 0
+    frames = json.loads((tmp_path / "kitti" / "kitti_infos_all.json").read_text())["frames"]
+    assert [f["frame_id"] for f in frames] == ["000000", "000001", "000002"]
+
+    raw = tmp_path / "waymo_raw"
+    raw.mkdir()
+    (raw / "seg.tfrecord").write_bytes(shared_file("waymo/v1/val.tfrecord").read_bytes())
+    args = ["create-data", "waymo", "--root", str(raw), "--out", str(tmp_path / "waymo"), "--split", "val",
+            "--workers", "1"]
+    assert main([*args, "--shard", "2/2"]) == 2
+    assert "need 0 <= I < N" in capsys.readouterr().err
+    assert main([*args, "--shard", "0/1"]) == 0
+    infos = json.loads((tmp_path / "waymo" / "waymo_infos_val.json").read_text())
+    assert len(infos) == 1 and len(infos[0]["annos"]["boxes"]) == 18  # the record's 18 laser labels
+    assert infos[0]["context_name"] == "1071392229495085036_1844_790_1864_790"
+
+
 # ---------------------------------------------------------------- visualize
 def _is_png(path: Path) -> bool:
     return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
