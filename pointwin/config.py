@@ -43,8 +43,12 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float",
 
 
 def yaml_load(text: str) -> Any:
-    """``yaml.safe_load`` with scientific-notation floats."""
-    return yaml.load(text, Loader=_Loader)  # safe: _Loader is a SafeLoader
+    """``yaml.safe_load`` with scientific-notation floats (the loader is a SafeLoader subclass)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 class ConfigError(ValueError):

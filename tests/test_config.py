@@ -167,3 +167,13 @@ def test_registry_builds_and_reports_errors():
     with pytest.raises(KeyError, match="already registered"):
         REG.register("Tiny")(make_wide)
     REG.register("Tiny")(Tiny)  # registering the same object again is harmless
+
+
+def test_yaml_loader_is_safe_and_reads_scientific_floats():
+    import yaml
+
+    from pointwin.config import yaml_load
+
+    assert yaml_load("lr: 1e-3\nn: 5E+2") == {"lr": 1e-3, "n": 500.0}
+    with pytest.raises(yaml.constructor.ConstructorError):
+        yaml_load('x: !!python/object/apply:os.system ["echo unsafe"]')
