@@ -64,8 +64,9 @@ def random_equal_groups(n: int, size: int, gen: torch.Generator) -> list[list[in
     return groups
 
 
-def naive_group_attention(q, k, v, p: Partition, scale: float) -> torch.Tensor:
-    """float64 per-voxel loop: voxel n attends to the distinct voxels of its owner slot's group."""
+def naive_group_attention(q, k, v, p: Partition, scale: float, bias=None) -> torch.Tensor:
+    """float64 per-voxel loop: voxel n attends to the distinct voxels of its owner slot's group;
+    ``bias(n, j, h)`` is added to the logit of query voxel n and key voxel j at head h."""
     q, k, v = q.double(), k.double(), v.double()
     offsets = p.offsets.tolist()
     out = torch.zeros(q.shape[0], q.shape[1], v.shape[2], dtype=torch.float64)
@@ -77,7 +78,8 @@ def naive_group_attention(q, k, v, p: Partition, scale: float) -> torch.Tensor:
             if p.key_pad is None or not bool(p.key_pad[s]):
                 keys.append(int(p.index[s]))
         for h in range(q.shape[1]):
-            logits = torch.stack([(q[n, h] * k[j, h]).sum() * scale for j in keys])
+            logits = torch.stack([(q[n, h] * k[j, h]).sum() * scale + (0.0 if bias is None else bias(n, j, h))
+                                  for j in keys])
             w = torch.softmax(logits, 0)
             out[n, h] = sum(w[i] * v[j, h] for i, j in enumerate(keys))
     return out
@@ -208,3 +210,49 @@ def test_long_group_path_matches_naive(monkeypatch):
     torch.testing.assert_close(out, naive_group_attention(q, k, v, p, 0.6))
     leaves = tuple(t.requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: group_attention_varlen(a, b, c, p), leaves, fast_mode=True)
+
+
+def _table_bias(pos: torch.Tensor, table: torch.Tensor):
+    """A relative-position table bias: table[pos_q - pos_k + R, h] (pos int (N,), table (2R+1, H))."""
+    R = (table.shape[0] - 1) // 2
+
+    def pair_bias(qv: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        rel = (pos[qv][:, :, None] - pos[kv][:, None, :]).clamp(-R, R) + R  # (B, Lq, Lk)
+        return table[rel].permute(0, 3, 1, 2)  # (B, H, Lq, Lk)
+
+    return pair_bias, (lambda n, j, h: table[int((pos[n] - pos[j]).clamp(-R, R)) + R, h].double())
+
+
+@pytest.mark.parametrize("kind", ["varlen", "equal", "long"])
+def test_pair_bias_matches_naive_and_gradcheck(kind, monkeypatch):
+    import pointwin.ops.attention.reference as ref
+
+    gen = torch.Generator().manual_seed(5)
+    if kind == "equal":
+        n = 23
+        p = partition_from_groups(random_equal_groups(n, 8, gen), n, size=8)
+    else:
+        if kind == "long":  # route the 45-slot group through the unpadded long-group path
+            monkeypatch.setattr(ref, "LONG_GROUP", 40)
+        groups, n = random_varlen_groups(VARLEN_SIZES, gen)
+        p = partition_from_groups(groups, n)
+    H, D = 2, 4
+    q, k, v = _qkv(n, H, D, dtype=torch.float64, seed=7)
+    pos = torch.randint(-6, 7, (n,), generator=gen)
+    table = torch.randn(9, H, generator=gen, dtype=torch.float64, requires_grad=True)
+    pair_bias, naive_bias = _table_bias(pos, table)
+    out = group_attention(q, k, v, p, pair_bias=pair_bias)
+    torch.testing.assert_close(out, naive_group_attention(q, k, v, p, D ** -0.5, naive_bias))
+    # the bias changes the result (the test would notice a dropped bias)
+    assert (out - group_attention(q, k, v, p)).abs().max() > 1e-3
+    assert torch.autograd.gradcheck(lambda t: group_attention(q, k, v, p, pair_bias=_table_bias(pos, t)[0]),
+                                    (table,))
+
+
+def test_pair_bias_errors():
+    p = partition_from_groups([[0, 1], [2]], 3)
+    q, k, v = _qkv(3, 2, 4)
+    with pytest.raises(ValueError, match="pair_bias must return"):
+        group_attention(q, k, v, p, pair_bias=lambda qv, kv: torch.zeros(1))
+    with pytest.raises(ValueError, match="no pair_bias"):
+        group_attention(q, k, v, p, backend="triton", pair_bias=lambda qv, kv: torch.zeros(1))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ...partition.base import Partition
@@ -20,7 +22,8 @@ def triton_available() -> bool:
 
 
 def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition,
-                    scale: float | None = None, dropout_p: float = 0.0, backend: str = "auto") -> torch.Tensor:
+                    scale: float | None = None, dropout_p: float = 0.0, backend: str = "auto",
+                    pair_bias: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Softmax attention among the slots of each group of ``partition``.
 
     Args:
@@ -32,6 +35,10 @@ def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
         backend: "auto" (equal-size groups -> one SDPA call; variable-length -> Triton on CUDA, bucketed
             torch elsewhere), "torch" (always the exact torch path) or "triton" (force the Triton kernel,
             also on CPU tensors under ``TRITON_INTERPRET=1``; for tests).
+        pair_bias: optional additive bias on the attention logits of every (query, key) pair, e.g. a
+            relative-position table: called as ``pair_bias(query_voxels (B, Lq), key_voxels (B, Lk))``
+            with int64 voxel ids, it returns (B, H, Lq, Lk). Torch paths only for now ("auto" uses them
+            when a bias is given; "triton" raises).
 
     Returns:
         (N, H, Dv) attention output per voxel.
@@ -40,13 +47,16 @@ def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
         raise ValueError(f"group_attention: backend must be one of {BACKENDS}, got {backend!r}")
     check_qkv(q, k, v, partition, "group_attention")
     use_triton = backend == "triton" or (
-        backend == "auto" and partition.size is None and q.is_cuda and dropout_p == 0.0 and triton_available())
+        backend == "auto" and partition.size is None and q.is_cuda and dropout_p == 0.0 and pair_bias is None
+        and triton_available())
     if use_triton:
         if dropout_p != 0.0:
             raise ValueError("group_attention: the Triton backend has no attention dropout; use backend='torch'")
+        if pair_bias is not None:
+            raise ValueError("group_attention: the Triton backend has no pair_bias yet; use backend='torch'")
         from .triton_group import group_attention_triton  # lazy: triton is optional
 
         return group_attention_triton(q, k, v, partition, scale)
     if partition.size is not None:
-        return group_attention_equal(q, k, v, partition, scale, dropout_p)
-    return group_attention_varlen(q, k, v, partition, scale, dropout_p)
+        return group_attention_equal(q, k, v, partition, scale, dropout_p, pair_bias)
+    return group_attention_varlen(q, k, v, partition, scale, dropout_p, pair_bias)

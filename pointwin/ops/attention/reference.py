@@ -48,21 +48,38 @@ def bucket_length(sizes: torch.Tensor) -> torch.Tensor:
     return torch.where(sizes == low, low, torch.where((sizes <= mid) & (low >= 2), mid, low << 1))
 
 
-def _sdpa(q, k, v, mask, scale, dropout_p):
-    """q, k, v (B, L, H, D), mask (B, L) keys to attend or None -> (B, L, H, Dv)."""
+def _sdpa(q, k, v, mask, scale, dropout_p, bias=None):
+    """q (B, Lq, H, D), k, v (B, Lk, H, D), mask (B, Lk) keys to attend or None, bias (B, H, Lq, Lk)
+    additive logits or None -> (B, Lq, H, Dv)."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     attn_mask = None if mask is None else mask[:, None, None, :]
+    if bias is not None:
+        bias = bias.to(q.dtype)
+        attn_mask = bias if attn_mask is None else bias.masked_fill(~attn_mask, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     return out.transpose(1, 2)
 
 
-def group_attention_equal(q, k, v, partition: Partition, scale=None, dropout_p=0.0) -> torch.Tensor:
+def _pair_bias(pair_bias, query_voxels: torch.Tensor, key_voxels: torch.Tensor, heads: int) -> torch.Tensor | None:
+    """Call the user's ``pair_bias`` and check its shape (B, H, Lq, Lk)."""
+    if pair_bias is None:
+        return None
+    bias = pair_bias(query_voxels, key_voxels)
+    want = (query_voxels.shape[0], heads, query_voxels.shape[1], key_voxels.shape[1])
+    if not isinstance(bias, torch.Tensor) or tuple(bias.shape) != want:
+        got = tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"group_attention: pair_bias must return a (B, H, Lq, Lk) = {want} tensor, got {got}")
+    return bias
+
+
+def group_attention_equal(q, k, v, partition: Partition, scale=None, dropout_p=0.0, pair_bias=None) -> torch.Tensor:
     """Equal-size groups: gather to (G, S, H, D) and one SDPA call. Returns (N, H, Dv)."""
     S, G = int(partition.size), partition.num_groups
     idx = partition.index
     qg, kg, vg = (t[idx].view(G, S, *t.shape[1:]) for t in (q, k, v))
     mask = None if partition.key_pad is None else ~partition.key_pad.view(G, S)
-    out = _sdpa(qg, kg, vg, mask, scale, dropout_p)
+    vox = idx.view(G, S)
+    out = _sdpa(qg, kg, vg, mask, scale, dropout_p, _pair_bias(pair_bias, vox, vox, q.shape[1]))
     return out.reshape(G * S, *out.shape[2:])[partition.owner]
 
 
@@ -99,7 +116,7 @@ def _owner_mask(partition: Partition) -> torch.Tensor:
     return is_owner
 
 
-def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=0.0) -> torch.Tensor:
+def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=0.0, pair_bias=None) -> torch.Tensor:
     """Variable-length groups: bucket groups by padded length, one masked SDPA call per bucket (and chunk).
 
     The number of SDPA calls is the number of distinct bucket lengths (logarithmic in the longest
@@ -117,7 +134,7 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
         mask = valid if key_ok is None else valid & key_ok[pos]
         if bool(mask.all()):
             mask = None
-        o = _sdpa(q[vox], k[vox], v[vox], mask, scale, dropout_p)
+        o = _sdpa(q[vox], k[vox], v[vox], mask, scale, dropout_p, _pair_bias(pair_bias, vox, vox, H))
         keep = valid & is_owner[pos]
         out_slots = out_slots.index_put((pos[keep],), o[keep])
     long_groups = (partition.group_sizes() >= LONG_GROUP).nonzero().squeeze(1).tolist()
@@ -129,16 +146,18 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
             if qs.numel() == 0:  # every voxel of this group is owned elsewhere
                 continue
             ks = slots if key_ok is None else slots[key_ok[slots]]
-            o = _sdpa(q[idx[qs]][None], k[idx[ks]][None], v[idx[ks]][None], None, scale, dropout_p)[0]
+            bias = _pair_bias(pair_bias, idx[qs][None], idx[ks][None], H)
+            o = _sdpa(q[idx[qs]][None], k[idx[ks]][None], v[idx[ks]][None], None, scale, dropout_p, bias)[0]
             out_slots = out_slots.index_put((qs,), o)
     return out_slots[partition.owner]
 
 
-def group_attention_reference(q, k, v, partition: Partition, scale=None, dropout_p=0.0) -> torch.Tensor:
+def group_attention_reference(q, k, v, partition: Partition, scale=None, dropout_p=0.0,
+                              pair_bias=None) -> torch.Tensor:
     """Exact torch group attention: equal-size path when ``partition.size`` is set, else bucketed."""
     if partition.size is not None:
-        return group_attention_equal(q, k, v, partition, scale, dropout_p)
-    return group_attention_varlen(q, k, v, partition, scale, dropout_p)
+        return group_attention_equal(q, k, v, partition, scale, dropout_p, pair_bias)
+    return group_attention_varlen(q, k, v, partition, scale, dropout_p, pair_bias)
 
 
 def scattered_linear_attention_reference(q, k, v, partition: Partition, eps: float = SLA_EPS) -> torch.Tensor:
