@@ -10,13 +10,11 @@ centres). Levels are joined by stride-2 sparse convs; the decoder inverts them (
 concatenates the skip, fuses with a linear layer and a residual block. Per-point logits come from the
 top level through the voxel inverse map (:class:`pointwin.models.heads.SegHead`).
 
-Positions: the radial heads add to q and k a learned embedding of the exponential-split index
-(:func:`pointwin.partition.exponential_split_index`: fine bins near zero, doubling outward) of the
-voxel's range offset from its radial window's mid-range; the cubic heads add a linear embedding of the
-window-relative xyz. SphereFormer applies the exponential split to the *pairwise* range difference as a
-relative-position bias; :func:`pointwin.ops.group_attention` takes no per-pair bias, so this module
-uses the per-token (window-relative) form instead. It keeps the fine-near / coarse-far resolution along
-the ray but is not the paper's pairwise contextual RPE.
+Positions: as in SphereFormer, the radial heads get a relative-position bias along the ray: a learned
+per-head table indexed by the exponential-split index (:func:`pointwin.partition.exponential_split_index`:
+fine bins near zero, doubling outward) of the *pairwise* range difference r_i - r_j, added to the
+attention logits through ``group_attention(..., pair_bias=...)``. The cubic heads add a linear
+embedding of the window-relative xyz to q and k.
 """
 
 from __future__ import annotations
@@ -69,8 +67,9 @@ class SphereAttention(nn.Module):
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = nn.Linear(channels, channels)
         self.cubic_pos = nn.Linear(3, half)
-        self.range_pos = nn.Embedding(2 * range_bins + 1, half)
-        nn.init.normal_(self.range_pos.weight, std=0.02)
+        # (2 * range_bins + 1, radial heads): logit bias per exponential-split bin of r_i - r_j
+        self.range_bias = nn.Parameter(torch.zeros(2 * range_bins + 1, num_heads // 2))
+        nn.init.trunc_normal_(self.range_bias, std=0.02)
 
     def _structures(self, voxels: SparseVoxels):
         def build():
@@ -79,26 +78,32 @@ class SphereAttention(nn.Module):
             radial = radial_windows(centres, voxels.batch_idx, self.radial_window)
             w = torch.tensor(self.cubic_window, device=voxels.device)
             local = (voxels.coords[:, [3, 2, 1]].long() % w).float() / w - 0.5
-            rng = centres.norm(dim=1)
-            mid = (torch.floor(rng / self.radial_window[2]) + 0.5) * self.radial_window[2]
-            rng_idx = exponential_split_index(rng - mid, self.range_unit, self.range_bins)
-            return cubic, radial, local, rng_idx
+            return cubic, radial, local, centres.double().norm(dim=1)
 
         return voxels.cached(("sphere_attention", self.cubic_window, self.radial_window, self.range_unit,
                               self.range_bins), build)
 
+    def range_pair_bias(self, ranges: torch.Tensor):
+        """``pair_bias`` for the radial heads: table[split(r_q - r_k)] -> (B, H/2, Lq, Lk)."""
+
+        def pair_bias(query_voxels: torch.Tensor, key_voxels: torch.Tensor) -> torch.Tensor:
+            delta = ranges[query_voxels][:, :, None] - ranges[key_voxels][:, None, :]
+            idx = exponential_split_index(delta, self.range_unit, self.range_bins)
+            return self.range_bias[idx].permute(0, 3, 1, 2)
+
+        return pair_bias
+
     def forward(self, voxels: SparseVoxels, x: torch.Tensor) -> torch.Tensor:
-        cubic, radial, local, rng_idx = self._structures(voxels)
+        cubic, radial, local, ranges = self._structures(voxels)
         n, c = x.shape
         h, half = self.num_heads // 2, c // 2
         q, k, v = self.qkv(x).chunk(3, 1)
-        pos = torch.cat([self.cubic_pos(local), self.range_pos(rng_idx)], 1).to(x.dtype)
-        q, k = q + pos, k + pos
+        pos = self.cubic_pos(local).to(x.dtype)
         d = c // self.num_heads
-        out_c = group_attention(q[:, :half].reshape(n, h, d), k[:, :half].reshape(n, h, d),
+        out_c = group_attention((q[:, :half] + pos).reshape(n, h, d), (k[:, :half] + pos).reshape(n, h, d),
                                 v[:, :half].reshape(n, h, d), cubic)
         out_r = group_attention(q[:, half:].reshape(n, h, d), k[:, half:].reshape(n, h, d),
-                                v[:, half:].reshape(n, h, d), radial)
+                                v[:, half:].reshape(n, h, d), radial, pair_bias=self.range_pair_bias(ranges))
         return self.proj(torch.cat([out_c.reshape(n, half), out_r.reshape(n, half)], 1))
 
 
