@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
-import os
-import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -310,40 +309,10 @@ def gpu_rows(cases, device, repeats) -> list[str]:
     return rows
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
-def versions() -> str:
-    parts = [f"torch {torch.__version__}", f"Python {platform.python_version()}"]
-    try:
-        import triton
-
-        parts.append(f"triton {triton.__version__}")
-    except ImportError:
-        parts.append("no triton")
-    try:
-        import spconv
-
-        parts.append(f"spconv {spconv.__version__}")
-    except ImportError:
-        parts.append("no spconv")
-    return ", ".join(parts)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -367,7 +336,8 @@ def main() -> None:
            "|---|---:|---:|---:|---|---:|---:|---:|"
     text = (
         f"## Attention and sparse conv ops (`benchmarks/attention.py`, {device.type})\n\n"
-        f"Device: {device_name(device)}; {versions()}; {date}. nuScenes 10-sweep cloud ({npts:,} points), "
+        f"Device: {common.device_name(device)}; {common.versions()}; {date}. "
+        f"nuScenes 10-sweep cloud ({npts:,} points), "
         f"grid as in the partition table: {len(pil):,} pillars {pshape}, {len(vox):,} voxels {vshape}. "
         f"fp32, H {HEADS} x D {HEAD_DIM}; median of {args.repeats} calls after a warm-up (1 call for the "
         "per-window loops); peak = extra memory at the high-water mark of one forward+backward call. "
@@ -390,7 +360,7 @@ def main() -> None:
                  "no CUDA device was available; run `python benchmarks/attention.py --device cuda --write`.")
     print(text)
     if args.write:
-        write_section(text)
+        common.write_section(BEGIN, END, text)
 
 
 if __name__ == "__main__":

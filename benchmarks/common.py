@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pointwin.fileio import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("POINTWIN_DATA", ROOT / ".." / "shared" / "data")).resolve()
 NUSCENES_SWEEPS = DATA / "nuscenes" / "sweeps10_ff9eff4389a740848f9a56ad749a4ae8.fp16.bin"
@@ -305,9 +307,7 @@ def write_section(begin: str, end: str, text: str, path: Path = BENCHMARKS_MD) -
         new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    write_text(path, new)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:

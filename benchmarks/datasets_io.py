@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
 import numba
 import numpy as np
 
@@ -129,14 +130,7 @@ def main() -> None:
     table = header + "\n".join(rows) + "\n"
     print(table)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{table}{END}"
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-        path.write_text(text)
+        common.write_section(BEGIN, END, table)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import common  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
 from pointwin.evaluation import nuscenes as nus  # noqa: E402
 from pointwin.evaluation import waymo  # noqa: E402
 
@@ -132,17 +134,6 @@ def time_nuscenes(num_samples: int) -> dict:
             "nds": result["nd_score"]}
 
 
-def write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -191,7 +182,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        write_section(table)
+        common.write_section(BEGIN, END, table)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common
 import numpy as np
 import torch
 
@@ -127,23 +128,8 @@ def cases(pillars: torch.Tensor, pshape, voxels: torch.Tensor, vshape, vcentres:
            lambda: curve_patches(voxels, "hilbert-trans", patch_size=144, spatial_shape=vshape))
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads)"
 
 
-def write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -176,7 +162,7 @@ def main() -> None:
                 "end of the run), so medians carry contention; the min column is the closer estimate of the cost.")
     header = (
         "## Partitions (`benchmarks/partition.py`)\n\n"
-        f"Device: {device_name(device)}; torch {torch.__version__}; Python {platform.python_version()}; {date}. "
+        f"Device: {common.device_name(device)}; torch {torch.__version__}; Python {platform.python_version()}; {date}. "
         f"Median and min of {args.repeats} calls after a warm-up (partition only: voxelization excluded). "
         "Grid (-74.88, -74.88, -2)..(74.88, 74.88, 4) m; "
         "pillars 0.32 m (468x468x1), 3D voxels 0.32x0.32x0.1875 m (468x468x32). Groups/slots: the partition's "
@@ -187,7 +173,7 @@ def main() -> None:
     table = header + "\n" + "\n".join(rows)
     print(table)
     if args.write:
-        write_section(table)
+        common.write_section(BEGIN, END, table)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import statistics
 import time
 from pathlib import Path
 
+import common
 import numba
 import numpy as np
 import torch
@@ -66,14 +67,7 @@ def main() -> None:
     table = header + "\n".join(rows) + "\n"
     print(table)
     if args.write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.exists() else "# Benchmarks\n"
-        block = f"{BEGIN}\n{table}{END}"
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + block + "\n"
-        path.write_text(text)
+        common.write_section(BEGIN, END, table)
 
 
 if __name__ == "__main__":

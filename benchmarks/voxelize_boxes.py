@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import common
 import numba
 import numpy as np
 import torch
@@ -85,17 +86,6 @@ def device_name(device: torch.device) -> str:
             f"{torch.get_num_threads()} torch threads, load average {load:.1f} at start)")
 
 
-def write_section(table: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def cases(device: torch.device):
@@ -165,7 +155,7 @@ def main() -> None:
     table = header + "\n" + "\n".join(rows)
     print(table)
     if args.write:
-        write_section(table)
+        common.write_section(BEGIN, END, table)
 
 
 if __name__ == "__main__":
