@@ -20,13 +20,7 @@ from pointwin.structures import Boxes3D
 RANGE = [-8.0, -8.0, -3.0, 8.0, 8.0, 3.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on busy shared cores spin far more than they compute; one is faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_head(**kw) -> CenterPointHead:

@@ -50,13 +50,6 @@ def tiny_batch(model, cfg_model, seed=0) -> Batch:
     return Batch(points, ["a", "b"], boxes, labels, point_labels)
 
 
-@pytest.fixture
-def one_thread():
-    # Two OpenMP threads on busy shared cores spin far more than they compute; one is faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])

@@ -12,14 +12,7 @@ from pointwin.models.bev import scatter_to_bev
 from pointwin.models.vfe import DynamicPillarVFE, DynamicVFE
 from pointwin.structures import Points, SparseVoxels
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on busy shared cores spin far more than they compute; one is faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_voxels(shape, counts, channels, seed=0) -> SparseVoxels:

@@ -3,7 +3,6 @@ decoded boxes match the ground truth."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from pointwin.datasets import SyntheticDataset
@@ -14,13 +13,6 @@ from pointwin.structures import Boxes3D, collate
 R = 20.48
 
 
-@pytest.fixture
-def one_thread():
-    # Two OpenMP threads on busy shared cores spin far more than they compute; one is faster here.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_detector():

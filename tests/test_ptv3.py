@@ -8,29 +8,10 @@ import torch
 from pointwin.models.backbones3d.ptv3 import PTv3, PTv3Block, serialized_pool_map
 from pointwin.partition import CURVES, curve_patches, serialize
 from pointwin.structures import Batch, Points, SparseVoxels
+from tests.test_models import random_voxels
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU the OpenMP ``index_add_`` of the sparse convs spins
-    (hundreds of ms per call with 2 threads, microseconds with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def random_voxels(shape, counts, channels, seed=0) -> SparseVoxels:
-    """Unique random voxels, ``counts[b]`` in sample b, on grid ``shape`` (Z, Y, X)."""
-    g = torch.Generator().manual_seed(seed)
-    Z, Y, X = shape
-    rows = []
-    for b, n in enumerate(counts):
-        lin = torch.randperm(Z * Y * X, generator=g)[:n]
-        rows.append(torch.stack([torch.full_like(lin, b), lin // (Y * X), (lin // X) % Y, lin % X], 1))
-    coords = torch.cat(rows).int()
-    return SparseVoxels(torch.randn(len(coords), channels, generator=g), coords, shape, len(counts),
-                        (0.2, 0.2, 0.2), (0.0, 0.0, 0.0))
 
 
 def tiny_ptv3(**kw) -> PTv3:
