@@ -14,7 +14,9 @@ from pointwin.nn.condaformer import (
 from pointwin.partition import cubic_windows
 from pointwin.partition.planes import plane_shift, plane_window, plane_windows, window_local_coords
 from pointwin.structures import SparseVoxels
-from tests.test_ptv3 import majority_accuracy, one_thread, overfit  # noqa: F401  (one_thread: autouse)
+from tests.test_ptv3 import majority_accuracy, overfit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def T(values):
