@@ -15,23 +15,49 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..nn.conv import fold_batchnorm, foldable
 from ..ops import voxel_pool, voxelize
 from ..ops.voxelize import Voxelization, grid_shape
 from ..structures import Points, SparseVoxels
 
 
 class PFNLayer(nn.Module):
-    """One PointNet layer: (P, Cin) points -> (P, Cout) per point and (V, Cout) per-voxel max."""
+    """One PointNet layer: (P, Cin) points -> (P, Cout) per point and (V, Cout) per-voxel max.
+
+    From the second layer on, the input of a point is its previous feature concatenated with its voxel's
+    previous max (``context``). The linear map of that concatenation is computed as two parts, the point
+    part on P rows and the voxel part on V rows gathered to the points, which is the same number without
+    materialising the (P, 2 Cin) concatenation. In eval mode the BatchNorm is folded into the weights.
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.linear = nn.Linear(cin, cout, bias=False)
         self.norm = nn.BatchNorm1d(cout, eps=1e-3, momentum=0.01)
 
-    def forward(self, x: torch.Tensor, point_voxel: torch.Tensor, num_voxels: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.relu(self.norm(self.linear(x)))
-        return x, voxel_pool(x, point_voxel, num_voxels, "max")
+    def forward(self, x: torch.Tensor, point_voxel: torch.Tensor, num_voxels: int,
+                context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (P, Cx), point_voxel (P,), context (V, Cin - Cx) or None -> ((P, Cout), (V, Cout))."""
+        fold = foldable(self.norm)
+        weight, bias = fold_batchnorm(self.linear.weight, None, self.norm) if fold else (self.linear.weight, None)
+        cx = x.shape[1]
+        expected = cx + (0 if context is None else context.shape[1])
+        if expected != self.linear.in_features:
+            raise ValueError(f"PFNLayer expects {self.linear.in_features} input channels (point + voxel context), "
+                             f"got {expected}")
+        if context is None:
+            y = x @ weight.t()
+            if bias is not None:
+                y += bias
+        else:
+            per_voxel = context @ weight[:, cx:].t()
+            if bias is not None:
+                per_voxel = per_voxel + bias
+            # In place on the fresh gathered rows: one pass over (P, Cout) fewer than addmm.
+            y = per_voxel[point_voxel].addmm_(x, weight[:, :cx].t())
+        # The ReLU may overwrite its input: neither the matmul nor the BatchNorm needs its output for backward.
+        y = torch.relu_(y if fold else self.norm(y))
+        return y, voxel_pool(y, point_voxel, num_voxels, "max")
 
 
 class DynamicVFE(nn.Module):
@@ -95,10 +121,8 @@ class DynamicVFE(nn.Module):
         x = self.point_features(points, vox)
         pv = vox.point_voxel[vox.kept]
         pooled = None
-        for i, layer in enumerate(self.layers):
-            x, pooled = layer(x, pv, vox.num_voxels)
-            if i + 1 < len(self.layers):
-                x = torch.cat([x, pooled[pv]], 1)
+        for layer in self.layers:
+            x, pooled = layer(x, pv, vox.num_voxels, pooled)
         return vox.to_sparse(pooled)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...nn.conv import FoldingSequential
 from ...structures import Boxes3D, Detections
 
 
@@ -150,7 +151,7 @@ class SeparateHead(nn.Module):
                 nn.init.zeros_(final.bias)
                 final.weight.data.mul_(0.1)
             layers.append(final)
-            self.branches[name] = nn.Sequential(*layers)
+            self.branches[name] = FoldingSequential(*layers)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: branch(x) for name, branch in self.branches.items()}
@@ -229,7 +230,7 @@ class CenterPointHead(nn.Module):
         self.post_center_range = (list(post_center_range) if post_center_range is not None
                                   else [r[0] - 10, r[1] - 10, r[2] - 10, r[3] + 10, r[4] + 10, r[5] + 10])
 
-        self.shared_conv = nn.Sequential(nn.Conv2d(in_channels, shared_channels, 3, 1, 1, bias=False),
+        self.shared_conv = FoldingSequential(nn.Conv2d(in_channels, shared_channels, 3, 1, 1, bias=False),
                                          nn.BatchNorm2d(shared_channels), nn.ReLU(inplace=True))
         self.heads = nn.ModuleList()
         for t in tasks:
