@@ -337,15 +337,7 @@ class _GraphPool(nn.Module):
     def forward(self, voxels: SparseVoxels) -> SparseVoxels:
         pool = self.inner_pool
         pmap = voxels.cached(("pooling_map", pool.stride), None)
-        x = voxels.feats
-        V, P, C = pmap.coords.shape[0], pmap.volume, x.shape[1]
-        key = x.new_zeros(V, P, C).index_put((pmap.parent, pmap.inner), x)
-        pad = torch.ones(V, P, dtype=torch.bool, device=x.device).index_put(
-            (pmap.parent, pmap.inner), torch.zeros(x.shape[0], dtype=torch.bool, device=x.device))
-        query = key.masked_fill(pad[..., None], float("-inf")).amax(1, keepdim=True)
-        key = key + pool.pos_embedding.to(key.dtype)
-        out, _ = pool.attn(query, key, key, key_padding_mask=pad, need_weights=False)
-        feats = pool.norm((query + out)[:, 0])
+        feats = pool.pool_features(voxels.feats, pmap.parent, pmap.inner, pmap.coords.shape[0])
         return _GraphVoxels(feats, pmap.coords, pmap.spatial_shape, voxels.batch_size, None, None,
                             self._caches["stages"][self.stage + 1])
 

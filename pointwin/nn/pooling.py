@@ -50,10 +50,12 @@ def pooling_map(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Sequ
 class AttentionPool(nn.Module):
     """Pool voxels into cells of ``stride`` with one attention query per cell.
 
-    The query is the channel-wise max over the cell's voxels (empty slots excluded), keys/values are the
-    voxels plus a learned embedding of their slot inside the cell; empty slots are masked with a boolean
-    ``key_padding_mask`` (True = ignore). Output = LayerNorm(query + attention). DSVT's reduction did the
-    max over zero-filled empty slots and passed an int mask; neither happens here.
+    The query is the channel-wise max over the cell's voxels, keys/values are the voxels plus a learned
+    embedding of their slot inside the cell; only the cell's real voxels take part (DSVT's reduction
+    padded every cell to ``stride`` volume, took the max over zero-filled empty slots and masked them
+    with an int mask; neither happens here). Output = LayerNorm(query + attention). The attention is a
+    per-cell softmax over the cell's voxels computed with segment reductions, so the cost is linear in
+    the number of voxels, not in cells x volume. The parameters are those of ``nn.MultiheadAttention``.
 
     Shapes: SparseVoxels (N, C) on (Z, Y, X) -> SparseVoxels (V', C) on the parent grid.
     """
@@ -66,20 +68,39 @@ class AttentionPool(nn.Module):
         self.attn = nn.MultiheadAttention(channels, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(channels)
 
+    def pool_features(self, x: torch.Tensor, parent: torch.Tensor, inner: torch.Tensor,
+                      num_cells: int) -> torch.Tensor:
+        """(N, C) voxel features, (N,) parent cell and slot of each voxel -> (num_cells, C) pooled features.
+
+        Every cell must hold at least one voxel (as the cells of :func:`pooling_map` do).
+        """
+        N, C = x.shape
+        H = self.attn.num_heads
+        D = C // H
+        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3, 0)
+        b_q, b_k, b_v = (self.attn.in_proj_bias.chunk(3, 0) if self.attn.in_proj_bias is not None
+                         else (None, None, None))
+        cell = parent[:, None].expand(-1, C)
+        query = x.new_full((num_cells, C), float("-inf")).scatter_reduce(0, cell, x, "amax", include_self=True)
+        kv_in = x + self.pos_embedding.to(x.dtype)[inner]
+        q = nn.functional.linear(query, w_q, b_q).view(num_cells, H, D) * D ** -0.5
+        k = nn.functional.linear(kv_in, w_k, b_k).view(N, H, D)
+        v = nn.functional.linear(kv_in, w_v, b_v).view(N, H, D)
+        logits = (q[parent] * k).sum(-1)  # (N, H)
+        # softmax over the voxels of each cell; the per-cell max only stabilises it (no gradient needed)
+        cell_h = parent[:, None].expand(-1, H)
+        peak = logits.new_full((num_cells, H), float("-inf")).scatter_reduce(0, cell_h, logits.detach(), "amax")
+        e = torch.exp(logits - peak[parent])
+        weights = e / e.new_zeros(num_cells, H).index_add_(0, parent, e)[parent]
+        weights = nn.functional.dropout(weights, self.attn.dropout, self.training)
+        out = x.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v).view(num_cells, C)
+        out = nn.functional.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias)
+        return self.norm(query + out)
+
     def forward(self, voxels: SparseVoxels) -> SparseVoxels:
         pmap: PoolingMap = voxels.cached(("pooling_map", self.stride),
                                          lambda: pooling_map(voxels.coords, voxels.spatial_shape, self.stride))
-        x = voxels.feats
-        V, P, C = pmap.coords.shape[0], pmap.volume, x.shape[1]
         vs = voxels.voxel_size
         new_size = None if vs is None else tuple(v * s for v, s in zip(vs, self.stride, strict=True))
-        if V == 0:  # no voxels in the whole batch: nothing to attend (MultiheadAttention rejects batch 0)
-            return SparseVoxels(x[:0], pmap.coords, pmap.spatial_shape, voxels.batch_size, new_size, voxels.origin)
-        key = x.new_zeros(V, P, C).index_put((pmap.parent, pmap.inner), x)
-        pad = torch.ones(V, P, dtype=torch.bool, device=x.device)
-        pad[pmap.parent, pmap.inner] = False
-        query = key.masked_fill(pad[..., None], float("-inf")).amax(1, keepdim=True)  # (V, 1, C)
-        key = key + self.pos_embedding.to(key.dtype)
-        out, _ = self.attn(query, key, key, key_padding_mask=pad, need_weights=False)
-        feats = self.norm((query + out)[:, 0])
+        feats = self.pool_features(voxels.feats, pmap.parent, pmap.inner, pmap.coords.shape[0])
         return SparseVoxels(feats, pmap.coords, pmap.spatial_shape, voxels.batch_size, new_size, voxels.origin)

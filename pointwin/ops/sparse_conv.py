@@ -2,7 +2,9 @@
 
 Kernel maps (which input row feeds which output row through which kernel offset) are built by sorting
 the linearised coordinates and ``searchsorted`` lookups; the compute is gather-GEMM-scatter, one GEMM
-per kernel offset. Maps are cached on ``SparseVoxels.cache`` keyed by their settings.
+per kernel offset. Depthwise convs on the CPU run numba kernels over a neighbour table instead
+(:mod:`pointwin.ops._sparse_conv_numba`), which avoid the (pairs, C) temporaries. Maps are cached on
+``SparseVoxels.cache`` keyed by their settings.
 
 Weight layout (shared with spconv 2.x so checkpoints move between paths): ``(C_out, kz, ky, kx, C_in)``;
 a depthwise conv has ``(C, kz, ky, kx, 1)``. Kernel axes follow the coordinate order (z, y, x).
@@ -24,7 +26,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -61,9 +63,21 @@ class KernelMap:
     num_out: int
     identity_offset: int = -1
 
+    _tables: dict = field(default_factory=dict, repr=False, compare=False)
+
     def transposed(self, num_out: int) -> KernelMap:
         """Same pairs with input and output swapped (the map of the inverse conv)."""
         return KernelMap(self.out_idx, self.in_idx, self.splits, num_out, -1)
+
+    def neighbor_tables(self, num_in: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(num_out, K) input row per (output row, offset) and its (num_in, K) transpose, -1 where none;
+        built once per map (the depthwise CPU kernels read them)."""
+        if num_in not in self._tables:
+            from ._sparse_conv_numba import neighbor_table
+
+            self._tables[num_in] = (neighbor_table(self.in_idx, self.out_idx, self.splits, self.num_out),
+                                    neighbor_table(self.out_idx, self.in_idx, self.splits, num_in))
+        return self._tables[num_in]
 
 
 def _kernel_offsets(kernel_size: Triple, device: torch.device) -> torch.Tensor:
@@ -149,6 +163,11 @@ def strided_kernel_map(coords: torch.Tensor, spatial_shape: Sequence[int], kerne
     return _pairs_to_map(in_idx, out_idx, offset_id, K, uniq.numel()), out_coords, out_shape
 
 
+def _numba_depthwise(feats: torch.Tensor) -> bool:
+    """The numba depthwise kernels serve float32/float64 CPU features (the gather-scatter path the rest)."""
+    return feats.device.type == "cpu" and feats.dtype in (torch.float32, torch.float64)
+
+
 def sparse_conv_features(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap,
                          bias: torch.Tensor | None = None, depthwise: bool = False) -> torch.Tensor:
     """Gather-GEMM-scatter: (N_in, C_in) features -> (num_out, C_out).
@@ -166,6 +185,11 @@ def sparse_conv_features(feats: torch.Tensor, weight: torch.Tensor, kmap: Kernel
     if w.shape[1] != kmap.splits.numel() - 1:
         raise ValueError(f"sparse conv: weight has {w.shape[1]} kernel offsets, kernel map has "
                          f"{kmap.splits.numel() - 1}")
+    if depthwise and _numba_depthwise(feats):
+        from ._sparse_conv_numba import depthwise_conv_cpu
+
+        out = depthwise_conv_cpu(feats, w[:, :, 0].t().to(feats.dtype), *kmap.neighbor_tables(feats.shape[0]))
+        return out if bias is None else out + bias
     out = feats.new_zeros(kmap.num_out, C_out)
     splits = kmap.splits.tolist()
     for o in range(w.shape[1]):
