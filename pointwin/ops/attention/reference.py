@@ -136,7 +136,7 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
             mask = None
         o = _sdpa(q[vox], k[vox], v[vox], mask, scale, dropout_p, _pair_bias(pair_bias, vox, vox, H))
         keep = valid & is_owner[pos]
-        out_slots = out_slots.index_put((pos[keep],), o[keep])
+        out_slots.index_put_((pos[keep],), o[keep])
     long_groups = (partition.group_sizes() >= LONG_GROUP).nonzero().squeeze(1).tolist()
     if long_groups:
         bounds = partition.offsets.tolist()
@@ -148,7 +148,7 @@ def group_attention_varlen(q, k, v, partition: Partition, scale=None, dropout_p=
             ks = slots if key_ok is None else slots[key_ok[slots]]
             bias = _pair_bias(pair_bias, idx[qs][None], idx[ks][None], H)
             o = _sdpa(q[idx[qs]][None], k[idx[ks]][None], v[idx[ks]][None], None, scale, dropout_p, bias)[0]
-            out_slots = out_slots.index_put((qs,), o)
+            out_slots.index_put_((qs,), o)
     return out_slots[partition.owner]
 
 
@@ -184,7 +184,7 @@ def scattered_linear_attention_reference(q, k, v, partition: Partition, eps: flo
         num = torch.einsum("blhd,bhde->blhe", pq, kv)
         den = torch.einsum("blhd,bhd->blh", pq, s)[..., None] + eps
         keep = valid & is_owner[pos]
-        out_slots = out_slots.index_put((pos[keep],), (num / den)[keep])
+        out_slots.index_put_((pos[keep],), (num / den)[keep])
     return out_slots[partition.owner]
 
 
