@@ -40,6 +40,46 @@ def _weight_grad(feats, grad_out, table, grad_weight):  # pragma: no cover - com
                     grad_weight[o, c] += feats[j, c] * grad_out[i, c]
 
 
+@numba.njit(parallel=True, cache=True)
+def _submanifold_table(coords, sorted_keys, order, deltas, shape, table):  # pragma: no cover - compiled
+    """table[i, o] = row of the voxel at coords[i] + deltas[o] (same batch), or -1 (absent / off the grid)."""
+    Z, Y, X = shape[0], shape[1], shape[2]
+    n = sorted_keys.shape[0]
+    for i in numba.prange(coords.shape[0]):
+        b, z, y, x = coords[i, 0], coords[i, 1], coords[i, 2], coords[i, 3]
+        for o in range(deltas.shape[0]):
+            zz, yy, xx = z + deltas[o, 0], y + deltas[o, 1], x + deltas[o, 2]
+            table[i, o] = -1
+            if zz < 0 or zz >= Z or yy < 0 or yy >= Y or xx < 0 or xx >= X:
+                continue
+            key = ((b * Z + zz) * Y + yy) * X + xx
+            lo, hi = 0, n
+            while lo < hi:  # first sorted key >= key
+                mid = (lo + hi) // 2
+                if sorted_keys[mid] < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo < n and sorted_keys[lo] == key:
+                table[i, o] = order[lo]
+
+
+def submanifold_table(coords: torch.Tensor, spatial_shape, deltas: torch.Tensor) -> torch.Tensor:
+    """(N, K) int64: the row of each voxel's neighbour at each (dz, dy, dx) of ``deltas`` (K, 3), or -1.
+
+    ``coords`` (N, 4) (b, z, y, x) of unique voxels on the CPU.
+    """
+    Z, Y, X = (int(v) for v in spatial_shape)
+    c = coords.long().contiguous()
+    keys = ((c[:, 0] * Z + c[:, 1]) * Y + c[:, 2]) * X + c[:, 3]
+    sorted_keys, order = torch.sort(keys)
+    table = torch.empty(c.shape[0], deltas.shape[0], dtype=torch.int64)
+    _set_threads()
+    _submanifold_table(c.numpy(), sorted_keys.numpy(), order.numpy(), deltas.long().contiguous().numpy(),
+                       torch.tensor([Z, Y, X], dtype=torch.int64).numpy(), table.numpy())
+    return table
+
+
 def neighbor_table(in_idx: torch.Tensor, out_idx: torch.Tensor, splits: torch.Tensor, num_rows: int) -> torch.Tensor:
     """(num_rows, K) int64 table of ``in_idx`` by (``out_idx``, offset); -1 where an offset has no pair.
 
@@ -91,4 +131,4 @@ def depthwise_conv_cpu(feats: torch.Tensor, weight: torch.Tensor, table: torch.T
     return _DepthwiseConv.apply(feats, weight, table, table_t)
 
 
-__all__ = ["depthwise_conv_cpu", "neighbor_table"]
+__all__ = ["depthwise_conv_cpu", "neighbor_table", "submanifold_table"]

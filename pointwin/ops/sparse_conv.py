@@ -75,8 +75,10 @@ class KernelMap:
         if num_in not in self._tables:
             from ._sparse_conv_numba import neighbor_table
 
-            self._tables[num_in] = (neighbor_table(self.in_idx, self.out_idx, self.splits, self.num_out),
-                                    neighbor_table(self.out_idx, self.in_idx, self.splits, num_in))
+            table = self._tables.get("out")
+            if table is None:
+                table = self._tables["out"] = neighbor_table(self.in_idx, self.out_idx, self.splits, self.num_out)
+            self._tables[num_in] = (table, neighbor_table(self.out_idx, self.in_idx, self.splits, num_in))
         return self._tables[num_in]
 
 
@@ -100,12 +102,16 @@ def _lookup(coords: torch.Tensor, spatial_shape: Sequence[int], queries: torch.T
     return torch.where(found, order[pos], torch.full_like(pos, -1))
 
 
-def _pairs_to_map(in_idx, out_idx, offset_id, K: int, num_out: int, identity_offset: int = -1) -> KernelMap:
-    order = torch.argsort(offset_id * (num_out + 1) + out_idx)  # by offset, then output row
+def _splits(offset_id: torch.Tensor, K: int) -> torch.Tensor:
     counts = torch.bincount(offset_id, minlength=K).cpu()
     splits = torch.zeros(K + 1, dtype=torch.int64)
     splits[1:] = torch.cumsum(counts, 0)
-    return KernelMap(in_idx[order], out_idx[order], splits, num_out, identity_offset)
+    return splits
+
+
+def _pairs_to_map(in_idx, out_idx, offset_id, K: int, num_out: int, identity_offset: int = -1) -> KernelMap:
+    order = torch.argsort(offset_id * (num_out + 1) + out_idx)  # by offset, then output row
+    return KernelMap(in_idx[order], out_idx[order], _splits(offset_id, K), num_out, identity_offset)
 
 
 def submanifold_kernel_map(coords: torch.Tensor, spatial_shape: Sequence[int], kernel_size: Triple,
@@ -118,13 +124,23 @@ def submanifold_kernel_map(coords: torch.Tensor, spatial_shape: Sequence[int], k
     offs = _kernel_offsets(kernel_size, device)
     dil = torch.tensor(dilation, device=device)
     delta = (offs - torch.tensor([k // 2 for k in kernel_size], device=device)) * dil  # (K, 3)
+    centre = int(sum(k // 2 * math.prod(kernel_size[a + 1:]) for a, k in enumerate(kernel_size)))
+    if device.type == "cpu":  # numba binary searches straight into the neighbour table
+        from ._sparse_conv_numba import submanifold_table
+
+        table = submanifold_table(coords, spatial_shape, delta)
+        src = table.t()
+        valid = src >= 0
+        offset_id, out_idx = valid.nonzero(as_tuple=True)  # offset-major, then output row: the map's order
+        kmap = KernelMap(src[valid], out_idx, _splits(offset_id, offs.shape[0]), N, centre)
+        kmap._tables["out"] = table
+        return kmap
     c = coords.long()
     queries = c[None, :, :].repeat(offs.shape[0], 1, 1)
     queries[:, :, 1:] += delta[:, None, :]
     src = _lookup(coords, spatial_shape, queries.reshape(-1, 4)).view(offs.shape[0], N)
     valid = src >= 0
     offset_id, out_idx = valid.nonzero(as_tuple=True)
-    centre = int(sum(k // 2 * math.prod(kernel_size[a + 1:]) for a, k in enumerate(kernel_size)))
     return _pairs_to_map(src[valid], out_idx, offset_id, offs.shape[0], N, identity_offset=centre)
 
 
