@@ -443,6 +443,10 @@ def target_lines(results: Sequence[Result], device: torch.device) -> str:
     """Issue targets checked against the measured rows (nuScenes 10-sweep frame, batch 1)."""
     rows = [r for r in results if r.input.startswith("nuScenes 10-sweep") and r.task == "detection"
             and not r.note and r.predict_ms == r.predict_ms]
+    # the target is for nuScenes detectors; Waymo settings on the same cloud (a 468 x 468 BEV grid instead of
+    # 360 x 360) are listed in the table for comparison only
+    nusc = [r for r in rows if "nuscenes" in r.model.lower()]
+    rows = nusc or rows
     if not rows:
         return ""
     if device.type == "cuda":
