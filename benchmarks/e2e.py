@@ -284,6 +284,8 @@ def staged_forward(model: torch.nn.Module, batch: Batch, clock: common.Clock) ->
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         return torch.autocast("cuda", dtype=dtype)
+    if device.type == "cpu" and dtype == torch.bfloat16:  # oneDNN bf16 (fast on CPUs with AVX512-BF16 / AMX)
+        return torch.autocast("cpu", dtype=dtype)
     return contextlib.nullcontext()
 
 

@@ -345,3 +345,35 @@ def test_sphere_attention_radial_heads_use_pairwise_range_bias():
     got = group_attention(q, k, v, radial, pair_bias=attn.range_pair_bias(ranges))
     torch.testing.assert_close(got, expected)
     assert radial.group_sizes().max() > 1  # windows with several voxels, so the bias matters
+
+
+@pytest.mark.parametrize("backbone", [
+    dict(type="ScatterFormer", channels=16, num_heads=2, num_blocks=[1, 1], z_strides=[2], window=4, cwi_kernel=3,
+         pool_heads=2),
+    dict(type="DSVT", channels=16, num_heads=2, ffn_channels=32, set_size=8, num_blocks=1, window=[4, 4, 4]),
+])
+def test_detector_under_bf16_autocast_matches_fp32(backbone):
+    """Mixed precision (the CUDA AMP path, exercised here with CPU bf16 autocast): every stage accepts the
+    lower-precision outputs of autocast ops (VFE split linear, sparse conv, attention pooling, folded BN)."""
+    from pointwin.models import build_model
+    from pointwin.structures import Batch
+
+    torch.manual_seed(0)
+    cfg = dict(type="Detector", class_names=["a", "b"], point_cloud_range=[0, 0, 0, 6.4, 6.4, 1.6],
+               voxel_size=[0.2, 0.2, 0.2], vfe=dict(type="DynamicVFE", feat_channels=[8, 16]), backbone=backbone,
+               backbone_2d=dict(type="BEVBackbone", layer_nums=[1], layer_strides=[1], num_filters=[16],
+                                upsample_strides=[1], num_upsample_filters=[16], residual=True),
+               head=dict(type="CenterPointHead", tasks=[["a"], ["b"]], shared_channels=8, head_channels=8))
+    model = build_model(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    scale = torch.tensor([6.3, 6.3, 1.5, 1.0])
+    batch = Batch(Points.from_list([torch.rand(400, 4, generator=g) * scale, torch.rand(300, 4, generator=g) * scale]),
+                  ["a", "b"])
+    with torch.no_grad():
+        ref = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+            model.head.predict(out)
+    for a, b in zip(ref.tasks, out.tasks, strict=True):
+        assert b.heatmap.dtype == torch.bfloat16  # autocast really ran in bf16
+        torch.testing.assert_close(b.heatmap.float(), a.heatmap, atol=0.15, rtol=0.05)

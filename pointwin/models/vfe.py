@@ -53,8 +53,12 @@ class PFNLayer(nn.Module):
             per_voxel = context @ weight[:, cx:].t()
             if bias is not None:
                 per_voxel = per_voxel + bias
-            # In place on the fresh gathered rows: one pass over (P, Cout) fewer than addmm.
-            y = per_voxel[point_voxel].addmm_(x, weight[:, :cx].t())
+            gathered, w_point = per_voxel[point_voxel], weight[:, :cx].t()
+            if gathered.dtype == x.dtype == w_point.dtype:
+                # in place on the fresh gathered rows: one pass over (P, Cout) fewer than addmm
+                y = gathered.addmm_(x, w_point)
+            else:  # mixed precision (autocast): the out-of-place op casts its inputs
+                y = torch.addmm(gathered, x, w_point)
         # The ReLU may overwrite its input: neither the matmul nor the BatchNorm needs its output for backward.
         y = torch.relu_(y if fold else self.norm(y))
         return y, voxel_pool(y, point_voxel, num_voxels, "max")

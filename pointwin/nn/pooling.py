@@ -93,7 +93,7 @@ class AttentionPool(nn.Module):
         e = torch.exp(logits - peak[parent])
         weights = e / e.new_zeros(num_cells, H).index_add_(0, parent, e)[parent]
         weights = nn.functional.dropout(weights, self.attn.dropout, self.training)
-        out = x.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v).view(num_cells, C)
+        out = v.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v).view(num_cells, C)
         out = nn.functional.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias)
         return self.norm(query + out)
 

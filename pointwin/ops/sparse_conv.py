@@ -217,7 +217,8 @@ def sparse_conv_features(feats: torch.Tensor, weight: torch.Tensor, kmap: Kernel
             out += feats * wo if depthwise else feats @ wo
             continue
         x = feats[kmap.in_idx[s:e]]
-        out.index_add_(0, kmap.out_idx[s:e], x * wo if depthwise else x @ wo)
+        # .to: under autocast the matmul may come back in another precision than the features
+        out.index_add_(0, kmap.out_idx[s:e], (x * wo if depthwise else x @ wo).to(out.dtype))
     if bias is not None:
         out = out + bias
     return out
