@@ -120,7 +120,7 @@ class BEVBackbone(nn.Module):
                 k = int(round(1 / up))
                 de = nn.Conv2d(cout, num_upsample_filters[i], k, k, bias=False)
             self.deblocks.append(FoldingSequential(de, nn.BatchNorm2d(num_upsample_filters[i], eps=1e-3, momentum=0.01),
-                                               nn.ReLU(inplace=True)))
+                                                   nn.ReLU(inplace=True)))
             scales.append(cum_stride / up)
             cin = cout
         if len(set(scales)) != 1:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import numba
 import torch
 
+from ..structures.voxels import SparseVoxels
+
 
 @numba.njit(parallel=True, cache=True)
 def _gather_multiply_add(feats, weight, table, out):  # pragma: no cover - compiled
@@ -71,8 +73,7 @@ def submanifold_table(coords: torch.Tensor, spatial_shape, deltas: torch.Tensor)
     """
     Z, Y, X = (int(v) for v in spatial_shape)
     c = coords.long().contiguous()
-    keys = ((c[:, 0] * Z + c[:, 1]) * Y + c[:, 2]) * X + c[:, 3]
-    sorted_keys, order = torch.sort(keys)
+    sorted_keys, order = torch.sort(SparseVoxels.linear_index(c, spatial_shape))
     table = torch.empty(c.shape[0], deltas.shape[0], dtype=torch.int64)
     _set_threads()
     _submanifold_table(c.numpy(), sorted_keys.numpy(), order.numpy(), deltas.long().contiguous().numpy(),

@@ -72,14 +72,13 @@ class KernelMap:
     def neighbor_tables(self, num_in: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(num_out, K) input row per (output row, offset) and its (num_in, K) transpose, -1 where none;
         built once per map (the depthwise CPU kernels read them)."""
-        if num_in not in self._tables:
-            from ._sparse_conv_numba import neighbor_table
+        from ._sparse_conv_numba import neighbor_table
 
-            table = self._tables.get("out")
-            if table is None:
-                table = self._tables["out"] = neighbor_table(self.in_idx, self.out_idx, self.splits, self.num_out)
-            self._tables[num_in] = (table, neighbor_table(self.out_idx, self.in_idx, self.splits, num_in))
-        return self._tables[num_in]
+        if "out" not in self._tables:
+            self._tables["out"] = neighbor_table(self.in_idx, self.out_idx, self.splits, self.num_out)
+        if num_in not in self._tables:
+            self._tables[num_in] = neighbor_table(self.out_idx, self.in_idx, self.splits, num_in)
+        return self._tables["out"], self._tables[num_in]
 
 
 def _kernel_offsets(kernel_size: Triple, device: torch.device) -> torch.Tensor:

@@ -231,7 +231,7 @@ class CenterPointHead(nn.Module):
                                   else [r[0] - 10, r[1] - 10, r[2] - 10, r[3] + 10, r[4] + 10, r[5] + 10])
 
         self.shared_conv = FoldingSequential(nn.Conv2d(in_channels, shared_channels, 3, 1, 1, bias=False),
-                                         nn.BatchNorm2d(shared_channels), nn.ReLU(inplace=True))
+                                             nn.BatchNorm2d(shared_channels), nn.ReLU(inplace=True))
         self.heads = nn.ModuleList()
         for t in tasks:
             branches = {"heatmap": len(t), "center": 2, "center_z": 1, "dim": 3, "rot": 2}
