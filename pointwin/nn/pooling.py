@@ -47,39 +47,92 @@ def pooling_map(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Sequ
     return PoolingMap(out.to(torch.int32), shape, parent, inner, sx * sy * sz)
 
 
+#: values of :class:`AttentionPool`'s ``mode``
+POOL_MODES = ("masked", "reference")
+
+
+def reference_slot(inner: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """The official DSVT slot number of each voxel inside its pooled cell, from pointwin's z-major ``inner``.
+
+    pointwin numbers slots ``(z % sz * sy + y % sy) * sx + x % sx`` (z slowest); the official
+    ``get_pooling_index`` numbers them ``(x % sx * sy + y % sy) * sz + z % sz`` (x slowest, z fastest).
+    The two agree when only one stride is > 1 (e.g. DSVT-V's z-only (1, 1, 4)) and differ otherwise.
+    """
+    sx, sy, sz = (int(s) for s in stride)
+    xi = inner % sx
+    yi = (inner // sx) % sy
+    zi = inner // (sx * sy)
+    return (xi * sy + yi) * sz + zi
+
+
 class AttentionPool(nn.Module):
     """Pool voxels into cells of ``stride`` with one attention query per cell.
 
-    The query is the channel-wise max over the cell's voxels, keys/values are the voxels plus a learned
-    embedding of their slot inside the cell; only the cell's real voxels take part (DSVT's reduction
-    padded every cell to ``stride`` volume, took the max over zero-filled empty slots and masked them
-    with an int mask; neither happens here). Output = LayerNorm(query + attention). The attention is a
-    per-cell softmax over the cell's voxels computed with segment reductions, so the cost is linear in
-    the number of voxels, not in cells x volume. The parameters are those of ``nn.MultiheadAttention``.
+    Output = LayerNorm(query + attention) in both modes; the parameters are those of
+    ``nn.MultiheadAttention`` (``attn``), a learned ``(volume, C)`` slot embedding ``pos_embedding`` and
+    the LayerNorm ``norm``.
+
+    ``mode="masked"`` (pointwin's own, the default): the query is the channel-wise max over the cell's real
+    voxels; keys and values are the voxels plus the embedding of their slot (z-major numbering, see
+    :class:`PoolingMap`); only real voxels take part (no padding). The per-cell softmax is computed with
+    segment reductions, so the cost is linear in the number of voxels, not in cells x volume.
+
+    ``mode="reference"`` (the official DSVT ``Stage_ReductionAtt_Block``, bit-for-bit semantics): the
+    cell's voxels are placed in ``volume`` slots whose empty slots are zero; query = max over ALL slots
+    (so an all-negative channel of a partly filled cell pools to 0); keys = slots + slot embedding (empty
+    slots too: zero + embedding); values = slots without the embedding (empty slots give zero values); no
+    key padding, every slot is attended to. Slots use the official numbering (:func:`reference_slot`, x
+    slowest, z fastest), so a checkpoint's ``pos_embedding`` rows land on the right slots for any stride.
+    Uses a dense (cells, volume, C) layout, which is cheap for DSVT's volumes (<= 8).
+
+    On the position embedding in the values (masked mode): this is a deliberate design, not a bug. Like
+    ViT's token + position inputs, it lets the pooled feature carry *where* in the cell (which z slice) the
+    information came from, which the max query and a softmax over content alone discard; the reference
+    only uses the slot embedding to weight the slots. It differs from the official block, so checkpoints
+    of the official code must be run with ``mode="reference"``; masked-mode numbers are kept unchanged for
+    models trained with it.
 
     Shapes: SparseVoxels (N, C) on (Z, Y, X) -> SparseVoxels (V', C) on the parent grid.
     """
 
-    def __init__(self, channels: int, stride: Sequence[int], num_heads: int = 8) -> None:
+    def __init__(self, channels: int, stride: Sequence[int], num_heads: int = 8, mode: str = "masked") -> None:
         super().__init__()
+        if mode not in POOL_MODES:
+            raise ValueError(f"AttentionPool: mode must be one of {list(POOL_MODES)}, got {mode!r}")
+        self.mode = mode
         self.stride = tuple(int(s) for s in stride)
         volume = self.stride[0] * self.stride[1] * self.stride[2]
+        self.volume = volume
         self.pos_embedding = nn.Parameter(torch.randn(volume, channels) * 0.01)
         self.attn = nn.MultiheadAttention(channels, num_heads, batch_first=True)
         self.norm = nn.LayerNorm(channels)
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, mode={self.mode!r}"
 
     def pool_features(self, x: torch.Tensor, parent: torch.Tensor, inner: torch.Tensor,
                       num_cells: int) -> torch.Tensor:
         """(N, C) voxel features, (N,) parent cell and slot of each voxel -> (num_cells, C) pooled features.
 
+        ``inner`` is pointwin's z-major slot (:class:`PoolingMap`); the reference mode renumbers it itself.
         Every cell must hold at least one voxel (as the cells of :func:`pooling_map` do).
         """
-        N, C = x.shape
-        H = self.attn.num_heads
-        D = C // H
+        if self.mode == "reference":
+            return self._pool_reference(x, parent, inner, num_cells)
+        return self._pool_masked(x, parent, inner, num_cells)
+
+    def _projections(self):
         w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3, 0)
         b_q, b_k, b_v = (self.attn.in_proj_bias.chunk(3, 0) if self.attn.in_proj_bias is not None
                          else (None, None, None))
+        return w_q, w_k, w_v, b_q, b_k, b_v
+
+    def _pool_masked(self, x: torch.Tensor, parent: torch.Tensor, inner: torch.Tensor,
+                     num_cells: int) -> torch.Tensor:
+        N, C = x.shape
+        H = self.attn.num_heads
+        D = C // H
+        w_q, w_k, w_v, b_q, b_k, b_v = self._projections()
         cell = parent[:, None].expand(-1, C)
         query = x.new_full((num_cells, C), float("-inf")).scatter_reduce(0, cell, x, "amax", include_self=True)
         kv_in = x + self.pos_embedding.to(x.dtype)[inner]
@@ -94,6 +147,28 @@ class AttentionPool(nn.Module):
         weights = e / e.new_zeros(num_cells, H).index_add_(0, parent, e)[parent]
         weights = nn.functional.dropout(weights, self.attn.dropout, self.training)
         out = v.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v).view(num_cells, C)
+        out = nn.functional.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias)
+        return self.norm(query + out)
+
+    def _pool_reference(self, x: torch.Tensor, parent: torch.Tensor, inner: torch.Tensor,
+                        num_cells: int) -> torch.Tensor:
+        N, C = x.shape
+        H = self.attn.num_heads
+        D = C // H
+        V = self.volume
+        w_q, w_k, w_v, b_q, b_k, b_v = self._projections()
+        # dense slots in pointwin's z-major order; slot j gets the embedding row of its official number
+        # (attention and max are permutation-invariant over slots, only the embedding row matters)
+        slots = torch.arange(V, device=x.device)
+        pos = self.pos_embedding.to(x.dtype)[reference_slot(slots, self.stride)]  # (V, C)
+        dense = x.new_zeros(num_cells * V, C).index_put((parent * V + inner,), x).view(num_cells, V, C)
+        query = dense.amax(1)  # (cells, C): empty slots take part as zeros
+        q = nn.functional.linear(query, w_q, b_q).view(num_cells, H, 1, D) * D ** -0.5
+        k = nn.functional.linear(dense + pos, w_k, b_k).view(num_cells, V, H, D).transpose(1, 2)
+        v = nn.functional.linear(dense, w_v, b_v).view(num_cells, V, H, D).transpose(1, 2)
+        weights = torch.softmax(q @ k.transpose(-1, -2), -1)  # (cells, H, 1, V), no key padding
+        weights = nn.functional.dropout(weights, self.attn.dropout, self.training)
+        out = (weights @ v).reshape(num_cells, C)
         out = nn.functional.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias)
         return self.norm(query + out)
 
