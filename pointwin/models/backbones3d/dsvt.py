@@ -3,19 +3,33 @@
 Reference: Wang et al., "DSVT: Dynamic Sparse Voxel Transformer with Rotated Sets" (CVPR 2023).
 
 Each stage partitions its voxels into windows twice: the plain window with no shift, and the "hybrid"
-window (window * hybrid_factor) shifted by ``shift``. Blocks alternate between the two (block b uses
-shift b % 2). A block is two post-norm set-attention layers, the first over y-major sets, the second over
-x-major sets (:func:`pointwin.partition.rotated_sets`), and a residual LayerNorm around the pair. Queries
-and keys get a learned MLP embedding of the voxel's window-relative position ``local - window / 2``
-(2D when the window is one voxel tall, else 3D), one MLP per (stage, block, layer).
+window (window * hybrid_factor) shifted by ``shift``. Blocks alternate between the two. A block is two
+post-norm set-attention layers, the first over y-major sets, the second over x-major sets
+(:func:`pointwin.partition.rotated_sets`), and a residual LayerNorm around the pair. Queries and keys get
+a learned MLP embedding of the voxel's window-relative position ``local - window / 2`` (2D when the window
+is one voxel tall, else 3D), one MLP per (stage, block, layer).
 
-Position-embedding fix: the original code feeds layer i of every block the embedding computed for shift
-i, so half of the layers see positions relative to the other shift's windows. Here every layer uses the
-positions of the shift its sets come from. ``mix_shift_pos_embed=True`` reproduces the original
-behaviour (for loading its checkpoints); it is off by default.
+Flags (the official code's behaviour is what its checkpoints were trained with):
 
-Between stages of the 3D variant, voxels are pooled by ``downsample_stride`` with attention pooling
-(:class:`pointwin.nn.AttentionPool`, boolean key padding).
+* ``shift_counter`` — which blocks use the shifted partition. ``"global"`` (default, official): the block
+  counter runs over the whole backbone, block k (counted from the first block of stage 0) uses shift
+  k % 2; with one block per stage, stages 1 and 3 use the shifted hybrid windows. ``"per_stage"``: the
+  counter restarts at every stage (block b of a stage uses shift b % 2; pointwin's former behaviour).
+  Both agree when every stage before the last has an even number of blocks (e.g. single-stage DSVT-P).
+* ``mix_shift_pos_embed`` — the official code feeds layer i of every block the embedding computed for
+  shift i, whatever the block's shift (its TODO "mismatch of pos_embed"), so in shifted blocks the first
+  layer (and in plain blocks the second) sees positions relative to the other partition's windows.
+  ``False`` (default) gives every layer the positions of the shift its sets come from; ``True`` reproduces
+  the official mix-up (it combines with either counter: the sets follow the block's shift, the positions
+  follow the layer index).
+* ``pool_mode`` — attention pooling between the stages of the 3D variant
+  (:class:`pointwin.nn.AttentionPool`, one per ``downsample_stride``): ``"masked"`` (default, pointwin's
+  pooling over real voxels only) or ``"reference"`` (the official zero-padded pooling).
+
+To reproduce the official DSVT (and run its checkpoints, see :mod:`pointwin.export.converters`) use
+``mix_shift_pos_embed=True, pool_mode="reference", shift_counter="global"``; this matches the official
+DSVT-V backbone on every stage to ~5e-6 (``tests/test_parity_dsvt_v.py``). The single-stage DSVT-P needs
+only ``mix_shift_pos_embed=True``.
 """
 
 from __future__ import annotations
@@ -27,11 +41,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ...nn import FFN, AttentionPool, LearnedPositionEncoding, PartitionAttention
+from ...nn.pooling import POOL_MODES
 from ...partition import rotated_sets
 from ...structures import SparseVoxels
 
 #: set rankings of the two layers of a block
 LAYER_AXES = ("y", "x")
+#: values of DSVT's ``shift_counter``
+SHIFT_COUNTERS = ("global", "per_stage")
 
 
 class SetAttentionLayer(nn.Module):
@@ -76,6 +93,10 @@ class DSVT(nn.Module):
         shift: (sx, sy, sz) of the shifted partition per stage (default: half the plain window in x, y).
         downsample_stride: (sx, sy, sz) between consecutive stages (len = stages - 1).
         mix_shift_pos_embed: reproduce the original code's position-embedding/shift mix-up (see module doc).
+        pool_mode: ``mode`` of every :class:`~pointwin.nn.AttentionPool` between stages, "masked" or
+            "reference" (see module doc).
+        shift_counter: "global" (official: block k of the whole backbone uses shift k % 2) or
+            "per_stage" (block b of each stage uses shift b % 2).
 
     Shapes: SparseVoxels (N, in_channels) -> SparseVoxels (N', channels[-1]) on the last stage's grid.
     """
@@ -85,8 +106,15 @@ class DSVT(nn.Module):
                  num_blocks: int | Sequence[int] = 4, window: Sequence = (12, 12, 1),
                  hybrid_factor: Sequence[int] = (2, 2, 1), shift: Sequence | None = None,
                  downsample_stride: Sequence[Sequence[int]] = (), pool_heads: int = 8, dropout: float = 0.0,
-                 activation: str = "gelu", mix_shift_pos_embed: bool = False) -> None:
+                 activation: str = "gelu", mix_shift_pos_embed: bool = False, pool_mode: str = "masked",
+                 shift_counter: str = "global") -> None:
         super().__init__()
+        if shift_counter not in SHIFT_COUNTERS:
+            raise ValueError(f"DSVT: shift_counter must be one of {list(SHIFT_COUNTERS)}, got {shift_counter!r}")
+        if pool_mode not in POOL_MODES:
+            raise ValueError(f"DSVT: pool_mode must be one of {list(POOL_MODES)}, got {pool_mode!r}")
+        self.shift_counter = shift_counter
+        self.pool_mode = pool_mode
         n_stages = len(downsample_stride) + 1
         self.channels = _per_stage(channels, n_stages, "channels")
         heads = _per_stage(num_heads, n_stages, "num_heads")
@@ -123,7 +151,7 @@ class DSVT(nn.Module):
             self.residual_norms.append(norms)
             if s + 1 < n_stages:
                 pool = nn.Sequential()
-                pool.add_module("pool", AttentionPool(c, downsample_stride[s], pool_heads))
+                pool.add_module("pool", AttentionPool(c, downsample_stride[s], pool_heads, pool_mode))
                 self.pools.append(pool)
                 if self.channels[s + 1] != c:
                     raise ValueError("DSVT: channels must stay equal across stages (pooling keeps the width)")
@@ -165,14 +193,26 @@ class DSVT(nn.Module):
 
         return voxels.cached(("dsvt_window_position", window, shift, dim), build)
 
+    def block_shifts(self) -> list[list[int]]:
+        """Shift id (0 plain, 1 shifted hybrid) of every block, per stage, as ``shift_counter`` says."""
+        out, k = [], 0
+        for n in self.num_blocks:
+            if self.shift_counter == "global":
+                out.append([(k + b) % 2 for b in range(n)])
+            else:
+                out.append([b % 2 for b in range(n)])
+            k += n
+        return out
+
     def forward(self, voxels: SparseVoxels) -> SparseVoxels:
         x = self.input_proj(voxels.feats)
+        shifts = self.block_shifts()
         for s, blocks in enumerate(self.stages):
             if s > 0:
                 voxels = self.pools[s - 1](voxels.replace(x))
                 x = voxels.feats
             for b, layers in enumerate(blocks):
-                shift_id = b % 2
+                shift_id = shifts[s][b]
                 residual = x
                 for i, (axis, layer) in enumerate(zip(LAYER_AXES, layers, strict=True)):
                     pos_shift = i if self.mix_shift_pos_embed else shift_id
