@@ -77,7 +77,7 @@ class AttentionPool(nn.Module):
     :class:`PoolingMap`); only real voxels take part (no padding). The per-cell softmax is computed with
     segment reductions, so the cost is linear in the number of voxels, not in cells x volume.
 
-    ``mode="reference"`` (the official DSVT ``Stage_ReductionAtt_Block``, bit-for-bit semantics): the
+    ``mode="reference"`` (the semantics of the official DSVT ``Stage_ReductionAtt_Block``): the
     cell's voxels are placed in ``volume`` slots whose empty slots are zero; query = max over ALL slots
     (so an all-negative channel of a partly filled cell pools to 0); keys = slots + slot embedding (empty
     slots too: zero + embedding); values = slots without the embedding (empty slots give zero values); no
