@@ -97,6 +97,44 @@ def test_float32_value_near_border_uses_exact_arithmetic():
     assert vox.coords.tolist() == [[0, 0, 3, 6]]
 
 
+def test_float32_cell_mode_is_the_reference_frameworks_arithmetic():
+    """cell_dtype="float32": floor((p - p0) / v) in float32 with p0 and v rounded to float32, as OpenPCDet /
+    mmdetection3d compute it. Hand-worked: float32(0.7) = 0.699999988; (0.699999988 - 0) / float32(0.1)
+    = 0.699999988 / 0.100000001 rounds to 7.0 in float32, so the point moves from cell 6 (exact) to 7."""
+    pts = torch.tensor([[0.7, 0.3, 0.05]], dtype=torch.float32)
+    vox = voxelize(pts, (0.1, 0.1, 0.1), (0.0, 0.0, 0.0, 1.0, 1.0, 1.0), cell_dtype="float32")
+    assert vox.coords.tolist() == [[0, 0, 3, 7]]
+    assert np.floor(np.float32(0.7) / np.float32(0.1)) == 7  # the float32 arithmetic, independently
+    # the reference's centre expression in float32: cell * v + (v / 2 + p0)
+    c = vox.voxel_centers()
+    assert c.dtype == torch.float32
+    assert c[0, 0].item() == float(np.float32(7) * np.float32(0.1) + np.float32(0.05))
+    with pytest.raises(ValueError, match="cell_dtype must be one of"):
+        voxelize(pts, (0.1, 0.1, 0.1), (0.0, 0.0, 0.0, 1.0, 1.0, 1.0), cell_dtype="float16")
+
+
+def test_float32_cell_mode_matches_a_float32_loop_on_real_points():
+    """Every point of a real frame against a per-point float32 numpy loop of the same formula, kept iff
+    0 <= cell < shape on every axis."""
+    pts = np.fromfile(shared_file("nuscenes/n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"),
+                      dtype=np.float32).reshape(-1, 5)[:, :3]
+    size, rng = (0.32, 0.32, 6.0), (-74.88, -74.88, -2.0, 74.88, 74.88, 4.0)
+    vox = voxelize(torch.from_numpy(pts), size, rng, cell_dtype="float32")
+    lo, v = np.float32(rng[:3]), np.float32(size)
+    cell = np.floor((pts - lo) / v).astype(np.int64)
+    keep = ((cell >= 0) & (cell < np.array([468, 468, 1]))).all(1)
+    own = vox.coords[vox.point_voxel[torch.from_numpy(keep)]][:, [3, 2, 1]].numpy()
+    np.testing.assert_array_equal(vox.kept.numpy(), keep)
+    np.testing.assert_array_equal(own, cell[keep])
+    # the parity fixtures' README counts 5 points of this frame whose cell differs in float64
+    exact = voxelize(torch.from_numpy(pts), size, rng)
+
+    def cells(v):
+        return torch.where(v.kept[:, None], v.coords[v.point_voxel.clamp(min=0)].long(), -1)
+
+    assert int((cells(vox) != cells(exact)).any(1).sum()) == 5
+
+
 def test_pillars_and_centers():
     pts = torch.tensor([[0.1, 0.1, -1.9], [0.15, 0.05, 3.9], [1.0, 0.5, 0.0], [0.3, 0.3, 4.0]])
     vox = voxelize(pts, (0.2, 0.2, 6.0), (0.0, 0.0, -2.0, 2.0, 2.0, 4.0))

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..nn.conv import fold_batchnorm, foldable
 from ..ops import voxel_pool, voxelize
-from ..ops.voxelize import Voxelization, grid_shape
+from ..ops.voxelize import CELL_DTYPES, Voxelization, grid_shape
 from ..structures import Points, SparseVoxels
 
 
@@ -71,15 +71,23 @@ class DynamicVFE(nn.Module):
         voxel_size: (vx, vy, vz) metres; a pillar VFE uses vz = z1 - z0 (see :class:`DynamicPillarVFE`).
         point_cloud_range: (x0, y0, z0, x1, y1, z1).
         num_point_features: columns of ``Points.data`` fed in (x, y, z first).
-        feat_channels: widths of the PFN layers; ``out_channels`` is the last.
+        feat_channels: widths of the PFN layers; ``out_channels`` is the last. Layer i > 0 reads
+            ``2 * feat_channels[i - 1]`` channels (point feature + voxel max). mmdetection3d's
+            ``feat_channels`` mean the same; OpenPCDet's ``NUM_FILTERS`` halve every non-last layer, so
+            its ``[192, 192]`` is ``[96, 192]`` here.
+        cell_dtype: arithmetic of the cell assignment, "float64" (exact) or "float32" (as OpenPCDet and
+            mmdetection3d compute it; see :mod:`pointwin.ops.voxelize`).
 
     Shapes: Points (N, C) -> SparseVoxels feats (V, feat_channels[-1]) on the grid ``grid_shape``.
     """
 
     def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], num_point_features: int = 4,
                  feat_channels: Sequence[int] = (64, 128), with_cluster_center: bool = True,
-                 with_voxel_center: bool = True, with_distance: bool = False) -> None:
+                 with_voxel_center: bool = True, with_distance: bool = False, cell_dtype: str = "float64") -> None:
         super().__init__()
+        if cell_dtype not in CELL_DTYPES:
+            raise ValueError(f"DynamicVFE: cell_dtype must be one of {list(CELL_DTYPES)}, got {cell_dtype!r}")
+        self.cell_dtype = cell_dtype
         if len(feat_channels) < 1:
             raise ValueError("DynamicVFE: feat_channels needs at least one layer width")
         if num_point_features < 3:
@@ -99,7 +107,7 @@ class DynamicVFE(nn.Module):
 
     def voxelize(self, points: Points) -> Voxelization:
         """Grid assignment of every point (outside the range: -1)."""
-        return voxelize(points, self.voxel_size, self.point_cloud_range)
+        return voxelize(points, self.voxel_size, self.point_cloud_range, cell_dtype=self.cell_dtype)
 
     def point_features(self, points: Points, vox: Voxelization) -> torch.Tensor:
         """(P, Cin) decorated features of the P kept points (in input order)."""
@@ -136,8 +144,8 @@ class DynamicPillarVFE(DynamicVFE):
 
     def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], num_point_features: int = 4,
                  feat_channels: Sequence[int] = (64, 128), with_cluster_center: bool = True,
-                 with_voxel_center: bool = True, with_distance: bool = False) -> None:
+                 with_voxel_center: bool = True, with_distance: bool = False, cell_dtype: str = "float64") -> None:
         r = [float(v) for v in point_cloud_range]
         size = (float(voxel_size[0]), float(voxel_size[1]), r[5] - r[2])
         super().__init__(size, r, num_point_features, feat_channels, with_cluster_center, with_voxel_center,
-                         with_distance)
+                         with_distance, cell_dtype)

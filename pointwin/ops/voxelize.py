@@ -5,6 +5,10 @@ Border convention (half-open cells, exact):
 * A point ``p`` (x, y, z) lies in cell ``i = floor((p - p0) / v)`` per axis, evaluated in float64 on the
   point's stored value and the float64 range/size. float64 makes the index exact for float16/float32
   inputs regardless of device, so CPU and CUDA agree bit for bit.
+* ``cell_dtype="float32"`` evaluates the same formula in float32 (``p0`` and ``v`` rounded to float32),
+  as OpenPCDet's and mmdetection3d's dynamic voxelizers do. Points within ~1e-5 m of a cell border can
+  then land in the neighbouring cell; a model converted from those frameworks needs this mode to see
+  exactly the voxel sets it was trained on. Kept iff ``0 <= i < shape`` on every axis (their rule).
 * A point is kept iff, on every axis, ``p0 <= p < p1`` and ``0 <= i < shape``: a point exactly at ``p1``
   is outside (dropped, never clamped), a point exactly at ``p0`` is in cell 0. The second condition only
   matters when ``(p1 - p0) / v`` is not an integer: the grid then covers ``[p0, p0 + shape * v)``.
@@ -60,6 +64,7 @@ class Voxelization:
         batch_size: samples in the batch (copied from the Points).
         voxel_size: ``(vx, vy, vz)`` in metres.
         origin: ``(x0, y0, z0)``, the metric corner of cell (0, 0, 0).
+        cell_dtype: "float64" or "float32", the arithmetic of the cell assignment (and of the centres).
     """
 
     coords: torch.Tensor
@@ -69,6 +74,7 @@ class Voxelization:
     batch_size: int
     voxel_size: tuple[float, float, float]
     origin: tuple[float, float, float]
+    cell_dtype: str = "float64"
 
     @property
     def num_voxels(self) -> int:
@@ -80,7 +86,17 @@ class Voxelization:
         return self.point_voxel >= 0
 
     def voxel_centers(self) -> torch.Tensor:
-        """(V, 3) float32 metric centres (x, y, z) of the voxels."""
+        """(V, 3) float32 metric centres (x, y, z) of the voxels.
+
+        In float32 mode the centre is ``cell * v + (v / 2 + p0)`` in float32 arithmetic, the expression the
+        reference frameworks evaluate, so the VFE's centre offsets agree with theirs to the last bit.
+        """
+        if self.cell_dtype == "float32":
+            dev = self.coords.device
+            size = torch.tensor(self.voxel_size, dtype=torch.float32, device=dev)
+            offset = torch.tensor([v / 2 + o for v, o in zip(self.voxel_size, self.origin, strict=True)],
+                                  dtype=torch.float32, device=dev)
+            return self.coords[:, [3, 2, 1]].float() * size + offset
         xyz = self.coords[:, [3, 2, 1]].to(torch.float64) + 0.5
         size = torch.tensor(self.voxel_size, dtype=torch.float64, device=self.coords.device)
         origin = torch.tensor(self.origin, dtype=torch.float64, device=self.coords.device)
@@ -95,8 +111,12 @@ class Voxelization:
         return SparseVoxels(feats, self.coords, self.spatial_shape, self.batch_size, self.voxel_size, self.origin)
 
 
+CELL_DTYPES = ("float64", "float32")
+
+
 def voxelize(points: Points | torch.Tensor, voxel_size: Sequence[float], point_range: Sequence[float],
-             batch_idx: torch.Tensor | None = None, batch_size: int | None = None) -> Voxelization:
+             batch_idx: torch.Tensor | None = None, batch_size: int | None = None,
+             cell_dtype: str = "float64") -> Voxelization:
     """Dynamic voxelization of a batch of points (3D voxels or pillars).
 
     Args:
@@ -104,6 +124,7 @@ def voxelize(points: Points | torch.Tensor, voxel_size: Sequence[float], point_r
             (defaults: one sample).
         voxel_size: ``(vx, vy, vz)`` metres; pillars use ``vz = z1 - z0``.
         point_range: ``(x0, y0, z0, x1, y1, z1)``; half-open per axis (see the module docstring).
+        cell_dtype: "float64" (exact, the default) or "float32" (the reference frameworks' arithmetic).
 
     Returns:
         :class:`Voxelization`; an empty cloud (or one with every point outside) gives V = 0.
@@ -123,17 +144,25 @@ def voxelize(points: Points | torch.Tensor, voxel_size: Sequence[float], point_r
         if bidx.numel() and (int(bidx.min()) < 0 or int(bidx.max()) >= bsize):
             raise ValueError(f"voxelize: batch_idx must lie in [0, {bsize}), got range "
                              f"[{int(bidx.min())}, {int(bidx.max())}]")
+    if cell_dtype not in CELL_DTYPES:
+        raise ValueError(f"voxelize: cell_dtype must be one of {list(CELL_DTYPES)}, got {cell_dtype!r}")
     shape_zyx = grid_shape(voxel_size, point_range)
     device = xyz.device
-    lo = torch.tensor([float(point_range[i]) for i in range(3)], dtype=torch.float64, device=device)
-    hi = torch.tensor([float(point_range[i + 3]) for i in range(3)], dtype=torch.float64, device=device)
-    size = torch.tensor([float(v) for v in voxel_size], dtype=torch.float64, device=device)
+    dtype = torch.float64 if cell_dtype == "float64" else torch.float32
+    lo = torch.tensor([float(point_range[i]) for i in range(3)], dtype=dtype, device=device)
+    hi = torch.tensor([float(point_range[i + 3]) for i in range(3)], dtype=dtype, device=device)
+    size = torch.tensor([float(v) for v in voxel_size], dtype=dtype, device=device)
     shape_xyz = torch.tensor(shape_zyx[::-1], dtype=torch.int64, device=device)
 
-    p = xyz.to(torch.float64)
-    cell = torch.floor((p - lo) / size).to(torch.int64)  # (N, 3) x, y, z
-    # NaN coordinates compare False everywhere, so they are dropped too.
-    keep = ((p >= lo) & (p < hi) & (cell >= 0) & (cell < shape_xyz)).all(1)
+    p = xyz.to(dtype)
+    cellf = torch.floor((p - lo) / size)
+    # NaN coordinates compare False everywhere, so they are dropped too (before the integer cast, which
+    # would turn NaN and huge values into arbitrary integers).
+    inside = (cellf >= 0) & (cellf < shape_xyz.to(dtype))
+    if cell_dtype == "float64":
+        inside &= (p >= lo) & (p < hi)
+    keep = inside.all(1)
+    cell = torch.where(inside, cellf, 0).to(torch.int64)  # (N, 3) x, y, z
 
     Z, Y, X = shape_zyx
     kept_idx = keep.nonzero().squeeze(1)
@@ -152,6 +181,7 @@ def voxelize(points: Points | torch.Tensor, voxel_size: Sequence[float], point_r
         batch_size=int(bsize),
         voxel_size=tuple(float(v) for v in voxel_size),
         origin=tuple(float(point_range[i]) for i in range(3)),
+        cell_dtype=cell_dtype,
     )
 
 
