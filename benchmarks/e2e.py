@@ -67,11 +67,11 @@ NUSC_SEG_CLASSES = ["barrier", "bicycle", "bus", "car", "construction_vehicle", 
 # DSVT's BaseBEVResBackbone (also used by ScatterFormer): 128-128-256, neck to stride 2, 3 x 128 channels.
 RES_BEV = {"type": "BEVBackbone", "layer_nums": [1, 2, 2], "layer_strides": [1, 2, 2],
            "num_filters": [128, 128, 256], "upsample_strides": [0.5, 1, 2],
-           "num_upsample_filters": [128, 128, 128], "residual": True}
+           "num_upsample_filters": [128, 128, 128], "block": "basic"}
 # CenterPoint-pillar SECOND neck (FlatFormer's Waymo config): 64-128-256 at strides 1-2-4, neck to stride 1.
 SECOND_BEV = {"type": "BEVBackbone", "layer_nums": [3, 5, 5], "layer_strides": [1, 2, 2],
               "num_filters": [64, 128, 256], "upsample_strides": [1, 2, 4],
-              "num_upsample_filters": [128, 128, 128], "residual": False}
+              "num_upsample_filters": [128, 128, 128], "block": "conv"}
 
 
 def _waymo_head(with_iou: bool) -> dict:

@@ -362,7 +362,7 @@ def test_detector_under_bf16_autocast_matches_fp32(backbone):
     cfg = dict(type="Detector", class_names=["a", "b"], point_cloud_range=[0, 0, 0, 6.4, 6.4, 1.6],
                voxel_size=[0.2, 0.2, 0.2], vfe=dict(type="DynamicVFE", feat_channels=[8, 16]), backbone=backbone,
                backbone_2d=dict(type="BEVBackbone", layer_nums=[1], layer_strides=[1], num_filters=[16],
-                                upsample_strides=[1], num_upsample_filters=[16], residual=True),
+                                upsample_strides=[1], num_upsample_filters=[16], block="basic"),
                head=dict(type="CenterPointHead", tasks=[["a"], ["b"]], shared_channels=8, head_channels=8))
     model = build_model(cfg).eval()
     g = torch.Generator().manual_seed(1)
