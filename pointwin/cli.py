@@ -9,6 +9,7 @@ Subcommands::
     pointwin eval {waymo,nuscenes} ...            metrics from prediction files
     pointwin visualize {sample,points,curves} ... BEV / 3D pictures, training curves
     pointwin export CONFIG --ckpt CKPT ...        ONNX / TensorRT
+    pointwin convert --from openpcdet CKPT --config CONFIG --out OUT.pth   official checkpoint -> pointwin
     pointwin bench ...                            speed benchmarks
 
 Common flags: --work-dir, --set key=value (repeatable), --seed, --device, --amp.
@@ -125,6 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--profile-from", default=None, help="dataset (config split) for TensorRT shape profiles")
     _common(p, work_dir=False)
+
+    p = sub.add_parser("convert", help="convert an official OpenPCDet / mmdetection3d checkpoint to pointwin",
+                       description="Rename an official checkpoint's tensors to a pointwin model built from CONFIG, "
+                       "check every key, shape and compatibility setting, and write a pointwin checkpoint "
+                       "(with the config embedded) atomically to OUT.")
+    p.add_argument("checkpoint", type=Path, help="the official checkpoint (.pth)")
+    p.add_argument("--from", dest="source", required=True, choices=("openpcdet", "mmdet3d"),
+                   help="framework that wrote it: openpcdet (DSVT) or mmdet3d (FlatFormer, CenterPoint)")
+    p.add_argument("--config", type=Path, required=True, help="the pointwin config of the same model")
+    p.add_argument("--out", type=Path, required=True, help="where to write the pointwin checkpoint")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="write even if some keys are unmatched / missing / of another shape (reported)")
+    g = p.add_argument_group("common options")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
 
     p = sub.add_parser("bench", help="per-stage latency and memory benchmarks")
     p.add_argument("--suite", action="append", choices=["e2e", "baselines", "scaling"], default=None,
@@ -396,6 +412,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return int(fn(args) or 0)
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from pointwin.engine.builders import build_model
+    from pointwin.engine.checkpoint import save_checkpoint
+    from pointwin.export.converters import ConversionError, load_reference_checkpoint
+
+    if args.out.resolve() == args.checkpoint.resolve():
+        raise CLIError(f"--out {args.out} is the input checkpoint; choose another file")
+    cfg = _load_config(args.config, args.overrides)
+    model = build_model(cfg["model"], "model").eval()
+    try:
+        result = load_reference_checkpoint(model, args.checkpoint, args.source, strict=not args.allow_partial)
+    except ConversionError as e:
+        hint = "" if args.allow_partial else "\n(--allow-partial writes it anyway when only keys are off)"
+        raise CLIError(f"{e}{hint}") from None
+    except ValueError as e:  # unreadable file
+        raise CLIError(str(e)) from None
+    print(result.report())
+    meta = {"converted_from": str(args.checkpoint), "source": args.source, "clean": result.clean}
+    save_checkpoint(args.out, model, config=cfg.dump(), meta=meta)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     fn = _call_available("pointwin.bench", ("bench_main",), "pointwin bench")
     return int(fn(args) or 0)
@@ -411,7 +450,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "test": cmd_test, "create-data": cmd_create_data, "eval": cmd_eval,
-            "visualize": cmd_visualize, "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo}
+            "visualize": cmd_visualize, "export": cmd_export, "convert": cmd_convert, "bench": cmd_bench,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

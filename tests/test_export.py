@@ -273,27 +273,89 @@ def test_converter_reference_names():
     assert m["head.heads.0.branches.center_z.3.bias"] == "pts_bbox_head.task_heads.0.height.1.bias"
 
 
-def test_load_openpcdet_checkpoint_file(tmp_path):
-    """A checkpoint in OpenPCDet's layout ({'model_state': ...}, with a reference-only key added) loads
-    into a fresh model, lists the unmatched key, and reproduces the source model's outputs."""
-    from pointwin.export.converters import load_reference_checkpoint, to_reference
+DSVT_OFFICIAL_FLAGS = ["+model.backbone.mix_shift_pos_embed=true", "+model.vfe.cell_dtype=float32",
+                       "+model.head.rot_order=cos_sin"]
 
-    src, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml")
+
+def test_load_openpcdet_checkpoint_file(tmp_path):
+    """A checkpoint in OpenPCDet's layout ({'model_state': ...}) loads into a fresh model built with the
+    official settings and reproduces the source model's outputs; a reference-only key makes the strict
+    (default) load refuse, and the non-strict load lists it."""
+    from pointwin.export.converters import ConversionError, load_reference_checkpoint, to_reference
+
+    src, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml", DSVT_OFFICIAL_FLAGS)
     ref = to_reference(src.state_dict(), src, "openpcdet")
     assert "backbone_3d.stage_0.0.encoder_list.0.norm.weight" in ref  # DSVT_EncoderLayer.norm maps
-    ref["backbone_3d.stage_0.0.encoder_list.0.extra_norm.weight"] = torch.ones(32)
     torch.save({"model_state": ref, "epoch": 24}, tmp_path / "dsvt.pth")
     torch.manual_seed(123)
-    dst = build_model(load_config("configs/synthetic/dsvt_pillar_tiny.yaml")["model"]).eval()
+    dst = build_model(load_config("configs/synthetic/dsvt_pillar_tiny.yaml", DSVT_OFFICIAL_FLAGS)["model"]).eval()
     result = load_reference_checkpoint(dst, tmp_path / "dsvt.pth", "openpcdet")
-    assert result.unmatched_reference == ["backbone_3d.stage_0.0.encoder_list.0.extra_norm.weight"]
-    assert result.missing_pointwin == []
-    assert "unmatched reference keys (1)" in result.report()
+    assert result.clean
     points = _nuscenes_points(NUSCENES_SMALL)
     with torch.no_grad():
         torch.testing.assert_close(dst.backbone(dst.vfe(points)).feats, src.backbone(src.vfe(points)).feats)
-    with pytest.raises(ValueError, match="does not convert cleanly"):
-        load_reference_checkpoint(dst, tmp_path / "dsvt.pth", "openpcdet", strict=True)
+
+    ref["backbone_3d.stage_0.0.encoder_list.0.extra_norm.weight"] = torch.ones(32)
+    torch.save({"model_state": ref}, tmp_path / "extra.pth")
+    with pytest.raises(ConversionError, match="unmatched reference keys"):
+        load_reference_checkpoint(dst, tmp_path / "extra.pth", "openpcdet")
+    result = load_reference_checkpoint(dst, tmp_path / "extra.pth", "openpcdet", strict=False)
+    assert result.unmatched_reference == ["backbone_3d.stage_0.0.encoder_list.0.extra_norm.weight"]
+    assert "1 unmatched reference keys" in result.report()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.backbone.mix_shift_pos_embed=false", "set model.backbone.mix_shift_pos_embed: true"),
+    ("model.vfe.cell_dtype=float64", "set model.vfe.cell_dtype: float32"),
+    ("model.head.rot_order=sin_cos", "set model.head.rot_order: cos_sin"),
+    ("model.backbone_2d.block=basic", "set model.backbone_2d.block: conv"),
+])
+def test_openpcdet_checkpoint_refused_for_incompatible_settings(tmp_path, override, message):
+    """Settings a state dict does not show are checked against what OpenPCDet always does: the load is
+    refused (even non-strict), names the config change, and leaves the model untouched."""
+    from pointwin.export.converters import ConversionError, load_reference_checkpoint, to_reference
+
+    src, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml", DSVT_OFFICIAL_FLAGS)
+    torch.save({"model_state": to_reference(src.state_dict(), src, "openpcdet")}, tmp_path / "dsvt.pth")
+    dst = build_model(load_config("configs/synthetic/dsvt_pillar_tiny.yaml",
+                                  [*DSVT_OFFICIAL_FLAGS, override])["model"]).eval()
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    for strict in (True, False):
+        with pytest.raises(ConversionError, match=message.replace(".", r"\.")):
+            load_reference_checkpoint(dst, tmp_path / "dsvt.pth", "openpcdet", strict=strict)
+    assert all(torch.equal(before[k], v) for k, v in dst.state_dict().items())
+
+
+def test_mmdet3d_layouts_detected_and_round_trip():
+    """Both mmdetection3d layouts: mainline CenterPoint (pts_ prefix, flat SECOND, vfe_layers.i.{0,1}) and the
+    FlatFormer fork (no prefix, nested SECOND, vfe_layers.i.{linear,norm}); names spot-checked against the
+    official FlatFormer checkpoint's keys (../shared/data/parity/flatformer_detector)."""
+    from pointwin.export.converters import MMDet3DLayout, from_reference, to_reference
+
+    model, _ = _model("configs/synthetic/flatformer_tiny.yaml")
+    for layout in (MMDet3DLayout(), MMDet3DLayout.flatformer()):
+        ref = to_reference(model.state_dict(), model, "mmdet3d", layout)
+        assert MMDet3DLayout.detect(ref) == layout
+        back = from_reference(ref, model, "mmdet3d")
+        assert back.layout == layout and not back.unmatched_reference and not back.missing_pointwin
+    ref = to_reference(model.state_dict(), model, "mmdet3d", MMDet3DLayout.flatformer())
+    assert "voxel_encoder.vfe_layers.0.linear.weight" in ref
+    assert "backbone.blocks.1.1.0.weight" in ref and "backbone.blocks.1.1.1.running_mean" in ref
+    assert "bbox_head.shared_conv.bn.weight" in ref and "bbox_head.task_heads.0.reg.1.bias" in ref
+    ref = to_reference(model.state_dict(), model, "mmdet3d", MMDet3DLayout())
+    assert "pts_voxel_encoder.vfe_layers.0.0.weight" in ref and "pts_backbone.blocks.1.4.running_mean" in ref
+
+
+def test_mmdet3d_flatformer_fork_needs_residual_second():
+    """The FlatFormer fork's SECOND adds skips (residual=True in all its configs), which keys cannot show."""
+    from pointwin.export.converters import MMDet3DLayout, compatibility_problems, to_reference
+
+    model, _ = _model("configs/synthetic/flatformer_tiny.yaml", ["+model.vfe.cell_dtype=float32"])
+    fork = to_reference(model.state_dict(), model, "mmdet3d", MMDet3DLayout.flatformer())
+    mainline = to_reference(model.state_dict(), model, "mmdet3d", MMDet3DLayout())
+    assert compatibility_problems(model, "mmdet3d", mainline) == []
+    (problem,) = compatibility_problems(model, "mmdet3d", fork)
+    assert "set model.backbone_2d.block: conv_skip" in problem
 
 
 # ------------------------------------------------------------------ TensorRT

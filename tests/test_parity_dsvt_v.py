@@ -265,3 +265,33 @@ def test_reference_pool_exports_to_onnx(tmp_path):
     export_onnx(model, points, tmp_path, model_cfg=cfg["model"])
     report = parity_check(model, tmp_path, points, printer=lambda s: None)
     assert report.failures() == [] and report.num_unique > 0
+
+
+def test_shipped_dsvt_voxel_config_is_the_official_backbone():
+    """configs/waymo/dsvt_voxel.yaml's backbone, at the fixture's shrunk widths, loads the official weights
+    cleanly (flags checked by the converter) and gives the official backbone output."""
+    if not FIXTURE.is_dir():
+        pytest.skip(f"parity fixture {FIXTURE} not present (official DSVT outputs, see ../shared/data/parity)")
+    from pointwin.config import load_config
+    from pointwin.export.converters import load_reference_state
+    from pointwin.models.builder import BACKBONES
+
+    cfg = load_config("configs/waymo/dsvt_voxel.yaml", ["model.backbone.channels=64",
+                                                         "model.backbone.ffn_channels=128"])
+    wrapper = nn.Module()
+    wrapper.backbone = BACKBONES.build(cfg["model"]["backbone"], "model.backbone", in_channels=64).eval()
+    with np.load(FIXTURE / "weights.npz", allow_pickle=False) as w:
+        state = {k: torch.from_numpy(w[k]) for k in w.files}
+    result = load_reference_state(wrapper, state, "openpcdet", strict=True, origin="dsvt_v_backbone fixture")
+    assert result.clean
+    with np.load(FIXTURE / "inputs.npz", allow_pickle=False) as f:
+        voxels = SparseVoxels(torch.from_numpy(f["voxel_features"]), torch.from_numpy(f["voxel_coords"]),
+                              (32, 468, 468), 1)
+    with np.load(FIXTURE / "outputs.npz", allow_pickle=False) as f:
+        ref_c, ref_f = torch.from_numpy(f["stage3_coords"]), torch.from_numpy(f["stage3_features"])
+    with torch.no_grad():
+        out = wrapper.backbone(voxels)
+    got_c, got_f = _sorted_rows(out.coords, out.feats, out.spatial_shape)
+    ref_c, ref_f = _sorted_rows(ref_c, ref_f, out.spatial_shape)
+    assert torch.equal(got_c, ref_c.to(got_c.dtype))
+    assert float((got_f - ref_f).abs().max()) <= 1e-4

@@ -3,23 +3,27 @@
 The key map is explicit: for every parameter/buffer of a pointwin detector one rule below gives the name
 the reference framework uses for the same tensor (names are facts of those frameworks' checkpoints:
 OpenPCDet ``pcdet/models/backbones_3d/dsvt.py``, ``vfe/dynamic_pillar_vfe.py``,
-``backbones_2d/base_bev_backbone.py``, ``dense_heads/center_head.py``; mmdetection3d ``DynamicVFE``,
-``SECOND``, ``SECONDFPN``, ``CenterHead`` / ``SeparateHead`` and FlatFormer's
-``middle_encoders/flatformer.py``). Tensors are copied unchanged (the layouts agree: e.g. pointwin's
-fused ``qkv`` Linear is ``nn.MultiheadAttention.in_proj_weight`` in q, k, v order).
+``backbones_2d/base_bev_backbone.py`` / ``base_bev_res_backbone.py``, ``dense_heads/center_head.py``;
+mmdetection3d ``DynamicVFE``, ``SECOND``, ``SECONDFPN``, ``CenterHead`` / ``SeparateHead`` and FlatFormer's
+``middle_encoders/flatformer.py``). Tensors are copied unchanged (the layouts agree: e.g. pointwin's fused
+``qkv`` Linear is ``nn.MultiheadAttention.in_proj_weight`` in q, k, v order).
 
-Known structural differences (reported as unmatched keys, never silently dropped):
+mmdetection3d checkpoints come in two layouts, detected from the keys (:class:`MMDet3DLayout`):
 
-* OpenPCDet DSVT feeds layer i the position embedding of shift i (its TODO "mismatch of pos_embed"):
-  build the pointwin DSVT with ``mix_shift_pos_embed: true`` to load its checkpoints.
-* pointwin's ``input_proj`` (VFE width != model width) has no reference counterpart.
-* OpenPCDet's ResBackbone always gives the first block of a level a ``downsample_layer``; pointwin adds
-  the skip projection only when the shape changes.
+* mainline CenterPoint (``MVXTwoStageDetector``): ``pts_`` prefixes, ``DynamicVFE`` layers as
+  ``vfe_layers.i.{0,1}`` (Linear, BN), ``SECOND`` levels flat (``blocks.i.{3j + k}``);
+* the FlatFormer code's single-stage ``DynamicCenterPoint``: no prefix, ``vfe_layers.i.{linear,norm}``,
+  ``SECOND`` levels nested (``blocks.i.j.{0,1}``).
 
-Usage::
+A converted model only reproduces the reference if it is built the way the reference computes. Some of
+those settings are invisible in a state dict (e.g. DSVT's position-embedding mix-up); for each source the
+converter knows what the reference always does and refuses a model that does otherwise, naming the config
+key to change (:func:`compatibility_problems`). Shapes are checked tensor by tensor.
+
+Usage (or ``pointwin convert --from openpcdet CKPT --config CONFIG --out OUT.pth``)::
 
     result = load_reference_checkpoint(model, "dsvt.pth", source="openpcdet")
-    print(result.report())      # unmatched reference keys / pointwin keys left at their init
+    print(result.report())
 """
 
 from __future__ import annotations
@@ -34,12 +38,49 @@ from torch import nn
 
 SOURCES = ("openpcdet", "mmdet3d")
 
+#: reference keys that carry no model tensor of pointwin's (training counters)
+IGNORED_REFERENCE_SUFFIXES = ("num_batches_tracked", "global_step")
+
 Rule = tuple[str, Callable[[re.Match], str]]
+
+
+@dataclass(frozen=True)
+class MMDet3DLayout:
+    """Key layout of an mmdetection3d detector checkpoint.
+
+    Attributes:
+        prefix: ``"pts_"`` (mainline ``MVXTwoStageDetector`` CenterPoint) or ``""`` (single-stage detectors,
+            e.g. the FlatFormer code's ``DynamicCenterPoint``).
+        vfe_names: sub-names of the Linear and BatchNorm of a ``DynamicVFE`` layer: ``("0", "1")`` (an
+            ``nn.Sequential``, mainline) or ``("linear", "norm")`` (FlatFormer's ``DynamicVFELayer``).
+        nested_second: ``SECOND`` levels as lists of conv-BN-ReLU Sequentials (``blocks.i.j.{0,1}``,
+            FlatFormer) instead of one flat Sequential (``blocks.i.{3j + k}``, mainline).
+    """
+
+    prefix: str = "pts_"
+    vfe_names: tuple[str, str] = ("0", "1")
+    nested_second: bool = False
+
+    @property
+    def name(self) -> str:
+        return "mainline CenterPoint (pts_ prefix)" if self.prefix else "FlatFormer single-stage (no prefix)"
+
+    @classmethod
+    def flatformer(cls) -> MMDet3DLayout:
+        return cls("", ("linear", "norm"), True)
+
+    @classmethod
+    def detect(cls, keys) -> MMDet3DLayout:
+        """The layout of a checkpoint from its keys (mainline when nothing tells)."""
+        keys = list(keys)
+        prefix = "pts_" if any(k.startswith("pts_") for k in keys) else ""
+        vfe = ("linear", "norm") if any(re.search(r"vfe_layers\.\d+\.linear\.", k) for k in keys) else ("0", "1")
+        nested = any(re.match(rf"{prefix}backbone\.blocks\.\d+\.\d+\.\d+\.", k) for k in keys)
+        return cls(prefix, vfe, nested)
 
 
 def _rules_openpcdet(model: nn.Module) -> list[Rule]:
     head_conv = _head_num_conv(model)
-    residual = _is_residual_bev(model)
 
     def head(m: re.Match) -> str:
         t, name, idx, rest = m.group(1), m.group(2), int(m.group(3)), m.group(4)
@@ -73,30 +114,29 @@ def _rules_openpcdet(model: nn.Module) -> list[Rule]:
         (r"backbone_2d\.deblocks\.(\d+)\.([01])\.(.+)", lambda m: f"backbone_2d.deblocks.{m[1]}.{m[2]}.{m[3]}"),
         (r"head\.shared_conv\.([01])\.(.+)", lambda m: f"dense_head.shared_conv.{m[1]}.{m[2]}"),
         (r"head\.heads\.(\d+)\.branches\.(\w+)\.(\d+)\.(.+)", head),
+        # BaseBEVResBackbone (basic blocks) ...
+        (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.(conv[12]|bn[12])\.(.+)",
+         lambda m: f"backbone_2d.blocks.{m[1]}.{m[2]}.{m[3]}.{m[4]}"),
+        (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.skip\.([01])\.(.+)",
+         lambda m: f"backbone_2d.blocks.{m[1]}.{m[2]}.downsample_layer.{m[3]}.{m[4]}"),
+        # ... or BaseBEVBackbone (conv-BN-ReLU layers behind a ZeroPad2d)
+        (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.([01])\.(.+)", bev_block),
     ]
-    if residual:
-        rules += [
-            (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.(conv[12]|bn[12])\.(.+)",
-             lambda m: f"backbone_2d.blocks.{m[1]}.{m[2]}.{m[3]}.{m[4]}"),
-            (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.skip\.([01])\.(.+)",
-             lambda m: f"backbone_2d.blocks.{m[1]}.{m[2]}.downsample_layer.{m[3]}.{m[4]}"),
-        ]
-    else:
-        rules.append((r"backbone_2d\.blocks\.(\d+)\.(\d+)\.([01])\.(.+)", bev_block))
     return rules
 
 
-def _rules_mmdet3d(model: nn.Module) -> list[Rule]:
+def _rules_mmdet3d(model: nn.Module, layout: MMDet3DLayout) -> list[Rule]:
     head_conv = _head_num_conv(model)
+    p = layout.prefix
     branch = {"heatmap": "heatmap", "center": "reg", "center_z": "height", "dim": "dim", "rot": "rot", "vel": "vel",
               "iou": "iou"}
 
     def head(m: re.Match) -> str:
         t, name, idx, rest = m.group(1), branch[m.group(2)], int(m.group(3)), m.group(4)
         if idx == 3 * (head_conv - 1):
-            return f"pts_bbox_head.task_heads.{t}.{name}.{head_conv - 1}.{rest}"
+            return f"{p}bbox_head.task_heads.{t}.{name}.{head_conv - 1}.{rest}"
         k, sub = divmod(idx, 3)
-        return f"pts_bbox_head.task_heads.{t}.{name}.{k}.{('conv', 'bn')[sub]}.{rest}"
+        return f"{p}bbox_head.task_heads.{t}.{name}.{k}.{('conv', 'bn')[sub]}.{rest}"
 
     def flat_layer(m: re.Match) -> str:
         layer, rest = int(m.group(1)), m.group(2)
@@ -104,16 +144,21 @@ def _rules_mmdet3d(model: nn.Module) -> list[Rule]:
         rest = fused.get(rest, rest)
         rest = re.sub(r"^attn\.proj\.", "attn.attn.out_proj.", rest)
         rest = re.sub(r"^ffn\.", "", rest)
-        return f"pts_middle_encoder.block_list.{layer // 4}.block.{layer % 4}.{rest}"
+        return f"{p}middle_encoder.block_list.{layer // 4}.block.{layer % 4}.{rest}"
 
+    def second(m: re.Match) -> str:
+        level, j, sub, rest = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        inner = f"{j}.{sub}" if layout.nested_second else f"{3 * j + sub}"
+        return f"{p}backbone.blocks.{level}.{inner}.{rest}"
+
+    lin, norm = layout.vfe_names
     return [
-        (r"vfe\.layers\.(\d+)\.linear\.(.+)", lambda m: f"pts_voxel_encoder.vfe_layers.{m[1]}.0.{m[2]}"),
-        (r"vfe\.layers\.(\d+)\.norm\.(.+)", lambda m: f"pts_voxel_encoder.vfe_layers.{m[1]}.1.{m[2]}"),
+        (r"vfe\.layers\.(\d+)\.linear\.(.+)", lambda m: f"{p}voxel_encoder.vfe_layers.{m[1]}.{lin}.{m[2]}"),
+        (r"vfe\.layers\.(\d+)\.norm\.(.+)", lambda m: f"{p}voxel_encoder.vfe_layers.{m[1]}.{norm}.{m[2]}"),
         (r"backbone\.layers\.(\d+)\.((?:attn\.(?:qkv|proj)|ffn\.fc[12]|norm[12])\..+)", flat_layer),
-        (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.([01])\.(.+)",
-         lambda m: f"pts_backbone.blocks.{m[1]}.{3 * int(m[2]) + int(m[3])}.{m[4]}"),
-        (r"backbone_2d\.deblocks\.(\d+)\.([01])\.(.+)", lambda m: f"pts_neck.deblocks.{m[1]}.{m[2]}.{m[3]}"),
-        (r"head\.shared_conv\.([01])\.(.+)", lambda m: f"pts_bbox_head.shared_conv.{('conv', 'bn')[int(m[1])]}.{m[2]}"),
+        (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.([01])\.(.+)", second),
+        (r"backbone_2d\.deblocks\.(\d+)\.([01])\.(.+)", lambda m: f"{p}neck.deblocks.{m[1]}.{m[2]}.{m[3]}"),
+        (r"head\.shared_conv\.([01])\.(.+)", lambda m: f"{p}bbox_head.shared_conv.{('conv', 'bn')[int(m[1])]}.{m[2]}"),
         (r"head\.heads\.(\d+)\.branches\.(\w+)\.(\d+)\.(.+)", head),
     ]
 
@@ -124,10 +169,6 @@ def _head_num_conv(model: nn.Module) -> int:
         return 2
     seq = next(iter(head.heads[0].branches.values()))
     return (len(seq) - 1) // 3 + 1
-
-
-def _is_residual_bev(model: nn.Module) -> bool:
-    return any(k.endswith("conv1.weight") for k in model.state_dict() if k.startswith("backbone_2d."))
 
 
 @dataclass
@@ -146,11 +187,18 @@ class KeyMap:
         return [f"{k} -> {v}" for k, v in self.to_reference.items()] + [f"{k} -> (none)" for k in self.pointwin_only]
 
 
-def build_keymap(model: nn.Module, source: str) -> KeyMap:
-    """The explicit key map of ``model`` (a pointwin Detector) for checkpoints of ``source``."""
+def _check_source(source: str) -> None:
     if source not in SOURCES:
         raise ValueError(f"unknown checkpoint source {source!r}; valid: {list(SOURCES)}")
-    rules = _rules_openpcdet(model) if source == "openpcdet" else _rules_mmdet3d(model)
+
+
+def build_keymap(model: nn.Module, source: str, layout: MMDet3DLayout | None = None) -> KeyMap:
+    """The explicit key map of ``model`` (a pointwin Detector) for checkpoints of ``source``.
+
+    ``layout`` applies to ``mmdet3d`` only (default: the mainline layout).
+    """
+    _check_source(source)
+    rules = _rules_openpcdet(model) if source == "openpcdet" else _rules_mmdet3d(model, layout or MMDet3DLayout())
     compiled = [(re.compile(p + r"$"), f) for p, f in rules]
     mapping, only = {}, []
     for key in model.state_dict():
@@ -166,57 +214,155 @@ def build_keymap(model: nn.Module, source: str) -> KeyMap:
     return KeyMap(source, mapping, only)
 
 
+# ---------------------------------------------------------------- compatibility of the model's settings
+def _setting(module: nn.Module | None, name: str, default=None):
+    return getattr(module, name, default) if module is not None else default
+
+
+def compatibility_problems(model: nn.Module, source: str, reference_keys=()) -> list[str]:
+    """Settings of ``model`` with which a checkpoint of ``source`` cannot give the reference's numbers.
+
+    Each entry names the setting, what the reference does, and the config change that fixes it. Settings
+    that a state dict shows (layer widths, which branches exist) are checked by the key and shape
+    comparison instead; these are the ones it does not show.
+    """
+    _check_source(source)
+    keys = list(reference_keys)
+    problems = []
+    vfe = getattr(model, "vfe", None)
+    if vfe is not None and _setting(vfe, "cell_dtype", "float32") != "float32":
+        problems.append("model.vfe.cell_dtype is 'float64'; OpenPCDet and mmdetection3d assign points to cells in "
+                        "float32 (a few border points change voxel otherwise): set model.vfe.cell_dtype: float32")
+    backbone = getattr(model, "backbone", None)
+    if source == "openpcdet" and type(backbone).__name__ == "DSVT":
+        if not _setting(backbone, "mix_shift_pos_embed", False):
+            problems.append("model.backbone.mix_shift_pos_embed is false; the official DSVT feeds layer i of every "
+                            "block the position embedding of shift i: set model.backbone.mix_shift_pos_embed: true")
+        if _setting(backbone, "shift_counter", "global") != "global":
+            problems.append("model.backbone.shift_counter is not 'global'; the official DSVT alternates the shift "
+                            "over the blocks of the whole backbone: set model.backbone.shift_counter: global")
+        if len(getattr(backbone, "pools", ())) and _setting(backbone, "pool_mode", "reference") != "reference":
+            problems.append("model.backbone.pool_mode is not 'reference'; the official DSVT pools with zero-filled "
+                            "slots, a max over all of them and the slot embedding on the keys only: set "
+                            "model.backbone.pool_mode: reference")
+    bev = getattr(model, "backbone_2d", None)
+    block = _setting(bev, "block")
+    if block is not None:
+        if source == "openpcdet":
+            if any(re.match(r"backbone_2d\.blocks\.\d+\.\d+\.conv1\.", k) for k in keys):
+                expected, what = "basic", "BaseBEVResBackbone (ResNet basic blocks)"
+            elif any(re.match(r"backbone_2d\.blocks\.\d+\.\d+\.weight", k) for k in keys):
+                expected, what = "conv", "BaseBEVBackbone (conv-BN-ReLU layers)"
+            else:
+                expected = None
+        else:
+            layout = MMDet3DLayout.detect(keys)
+            if any(re.match(rf"{layout.prefix}backbone\.blocks\.", k) for k in keys):
+                # every released FlatFormer config builds SECOND(residual=True); mainline SECOND has no skips
+                expected, what = (("conv_skip", "the FlatFormer code's SECOND(residual=True)") if layout.nested_second
+                                  else ("conv", "mmdetection3d's SECOND"))
+            else:
+                expected = None
+        if expected is not None and block != expected:
+            problems.append(f"model.backbone_2d.block is {block!r} but the checkpoint's 2D backbone is {what}: "
+                            f"set model.backbone_2d.block: {expected}")
+    head = getattr(model, "head", None)
+    rot = _setting(head, "rot_order")
+    if rot is not None:
+        want = "cos_sin" if source == "openpcdet" else "sin_cos"
+        if rot != want:
+            who = "OpenPCDet's CenterHead" if source == "openpcdet" else "mmdetection3d's CenterHead"
+            problems.append(f"model.head.rot_order is {rot!r}; {who} regresses ({want.replace('_', ', ')}): "
+                            f"set model.head.rot_order: {want}")
+    return problems
+
+
+# ---------------------------------------------------------------- conversion
 @dataclass
 class ConversionResult:
     """A reference state dict renamed to pointwin names.
 
     Attributes:
-        state_dict: pointwin key -> tensor, for every key the reference provided.
+        state_dict: pointwin key -> tensor, for every key the reference provided with the right shape.
         unmatched_reference: reference keys with no pointwin counterpart (not loaded).
         missing_pointwin: pointwin keys the reference did not provide (left at their init).
-        shape_mismatch: (pointwin key, reference shape, pointwin shape) for tensors not loaded.
+        shape_mismatch: (pointwin key, reference key, reference shape, pointwin shape) of tensors not loaded.
+        incompatible: model settings with which the reference numbers cannot be reproduced
+            (:func:`compatibility_problems`).
+        ignored: reference keys skipped on purpose (training counters such as ``num_batches_tracked``).
+        layout: the mmdetection3d key layout used, or None.
     """
 
     state_dict: dict[str, torch.Tensor]
     unmatched_reference: list[str]
     missing_pointwin: list[str]
-    shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    shape_mismatch: list[tuple[str, str, tuple, tuple]] = field(default_factory=list)
+    incompatible: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    layout: MMDet3DLayout | None = None
+
+    @property
+    def clean(self) -> bool:
+        """Every reference tensor loaded, every pointwin tensor provided, every setting compatible."""
+        return not (self.unmatched_reference or self.missing_pointwin or self.shape_mismatch or self.incompatible)
 
     def report(self) -> str:
-        lines = [f"converted {len(self.state_dict)} tensors"]
+        lines = [f"converted {len(self.state_dict)} tensors, {len(self.unmatched_reference)} unmatched reference "
+                 f"keys, {len(self.missing_pointwin)} missing pointwin keys, {len(self.shape_mismatch)} shape "
+                 f"mismatches, {len(self.incompatible)} incompatible settings"
+                 + (f", {len(self.ignored)} counters ignored" if self.ignored else "")]
+        if self.layout is not None:
+            lines.append(f"mmdetection3d layout: {self.layout.name}")
+        for text in self.incompatible:
+            lines.append(f"incompatible setting: {text}")
         if self.unmatched_reference:
             lines.append(f"unmatched reference keys ({len(self.unmatched_reference)}):")
             lines += [f"  {k}" for k in self.unmatched_reference]
         if self.missing_pointwin:
             lines.append(f"pointwin keys without a reference tensor ({len(self.missing_pointwin)}):")
             lines += [f"  {k}" for k in self.missing_pointwin]
-        for k, a, b in self.shape_mismatch:
-            lines.append(f"shape mismatch {k}: reference {a} vs pointwin {b}")
+        for k, ref, a, b in self.shape_mismatch:
+            lines.append(f"shape mismatch {k} <- {ref}: reference {a} vs pointwin {b}")
         return "\n".join(lines)
 
 
-def from_reference(state: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> ConversionResult:
-    """Rename a reference-framework state dict to ``model``'s names (shapes checked)."""
-    keymap = build_keymap(model, source)
+def _ignored(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in IGNORED_REFERENCE_SUFFIXES
+
+
+def from_reference(state: Mapping[str, torch.Tensor], model: nn.Module, source: str,
+                   layout: MMDet3DLayout | None = None) -> ConversionResult:
+    """Rename a reference-framework state dict to ``model``'s names (shapes and settings checked).
+
+    For ``mmdet3d`` the key layout is detected from ``state`` unless ``layout`` is given.
+    """
+    _check_source(source)
+    if source == "mmdet3d" and layout is None:
+        layout = MMDet3DLayout.detect(state)
+    keymap = build_keymap(model, source, layout)
     inverse = keymap.to_pointwin
     own = model.state_dict()
-    out, unmatched, mismatch = {}, [], []
+    out, unmatched, mismatch, ignored = {}, [], [], []
     for ref_key, value in state.items():
         key = inverse.get(ref_key)
         if key is None:
-            unmatched.append(ref_key)
+            (ignored if _ignored(ref_key) else unmatched).append(ref_key)
             continue
         if tuple(value.shape) != tuple(own[key].shape):
-            mismatch.append((key, tuple(value.shape), tuple(own[key].shape)))
+            mismatch.append((key, ref_key, tuple(value.shape), tuple(own[key].shape)))
             continue
         out[key] = value
-    missing = [k for k in own if k not in out and not any(k == m[0] for m in mismatch)]
-    return ConversionResult(out, unmatched, missing, mismatch)
+    mismatched = {m[0] for m in mismatch}
+    # BatchNorm counters are training state: a checkpoint without them (mmdetection3d's) loses nothing
+    missing = [k for k in own if k not in out and k not in mismatched and not _ignored(k)]
+    return ConversionResult(out, unmatched, missing, mismatch, compatibility_problems(model, source, state),
+                            ignored, layout if source == "mmdet3d" else None)
 
 
-def to_reference(state: Mapping[str, torch.Tensor], model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+def to_reference(state: Mapping[str, torch.Tensor], model: nn.Module, source: str,
+                 layout: MMDet3DLayout | None = None) -> dict[str, torch.Tensor]:
     """Rename a pointwin state dict to the reference names (keys without a counterpart are dropped)."""
-    keymap = build_keymap(model, source).to_reference
+    keymap = build_keymap(model, source, layout).to_reference
     return {keymap[k]: v for k, v in state.items() if k in keymap}
 
 
@@ -242,15 +388,32 @@ def read_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_reference_checkpoint(model: nn.Module, path: str | Path, source: str, strict: bool = False
-                              ) -> ConversionResult:
-    """Load a reference checkpoint into ``model``; with ``strict`` any unmatched/missing key is an error."""
-    result = from_reference(read_reference_state(path), model, source)
-    if strict and (result.unmatched_reference or result.missing_pointwin or result.shape_mismatch):
-        raise ValueError(f"{path} does not convert cleanly to this model:\n{result.report()}")
+class ConversionError(ValueError):
+    """A reference checkpoint does not convert to the model (the message carries the full report)."""
+
+
+def load_reference_state(model: nn.Module, state: Mapping[str, torch.Tensor], source: str, strict: bool = True,
+                         origin: str = "checkpoint") -> ConversionResult:
+    """Convert ``state`` and load it into ``model``.
+
+    With ``strict`` (the default) anything short of a clean conversion raises :class:`ConversionError` and
+    leaves ``model`` untouched: an unmatched or missing key, a shape mismatch or an incompatible setting.
+    ``strict=False`` loads what matches and returns the report; incompatible settings still raise, since no
+    partial load can make them right.
+    """
+    result = from_reference(state, model, source)
+    if result.incompatible or (strict and not result.clean):
+        raise ConversionError(f"{origin} ({source}) does not convert cleanly to this model:\n{result.report()}")
     model.load_state_dict(result.state_dict, strict=False)
     return result
 
 
-__all__ = ["SOURCES", "ConversionResult", "KeyMap", "build_keymap", "from_reference", "load_reference_checkpoint",
+def load_reference_checkpoint(model: nn.Module, path: str | Path, source: str, strict: bool = True
+                              ) -> ConversionResult:
+    """Load a reference checkpoint file into ``model`` (see :func:`load_reference_state`)."""
+    return load_reference_state(model, read_reference_state(path), source, strict, str(path))
+
+
+__all__ = ["SOURCES", "ConversionError", "ConversionResult", "KeyMap", "MMDet3DLayout", "build_keymap",
+           "compatibility_problems", "from_reference", "load_reference_checkpoint", "load_reference_state",
            "read_reference_state", "to_reference"]
