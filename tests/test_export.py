@@ -309,6 +309,7 @@ def test_load_openpcdet_checkpoint_file(tmp_path):
     ("model.vfe.cell_dtype=float64", "set model.vfe.cell_dtype: float32"),
     ("model.head.rot_order=sin_cos", "set model.head.rot_order: cos_sin"),
     ("model.backbone_2d.block=basic", "set model.backbone_2d.block: conv"),
+    ("+model.head.box_convention=mmdet3d_legacy", "set model.head.box_convention: pointwin"),
 ])
 def test_openpcdet_checkpoint_refused_for_incompatible_settings(tmp_path, override, message):
     """Settings a state dict does not show are checked against what OpenPCDet always does: the load is
@@ -354,8 +355,9 @@ def test_mmdet3d_flatformer_fork_needs_residual_second():
     fork = to_reference(model.state_dict(), model, "mmdet3d", MMDet3DLayout.flatformer())
     mainline = to_reference(model.state_dict(), model, "mmdet3d", MMDet3DLayout())
     assert compatibility_problems(model, "mmdet3d", mainline) == []
-    (problem,) = compatibility_problems(model, "mmdet3d", fork)
-    assert "set model.backbone_2d.block: conv_skip" in problem
+    problems = compatibility_problems(model, "mmdet3d", fork)
+    assert any("set model.backbone_2d.block: conv_skip" in p for p in problems)
+    assert any("set model.head.box_convention: mmdet3d_legacy" in p for p in problems)  # the fork is mmdet3d 0.15
 
 
 # ------------------------------------------------------------------ TensorRT

@@ -267,13 +267,24 @@ def compatibility_problems(model: nn.Module, source: str, reference_keys=()) -> 
             problems.append(f"model.backbone_2d.block is {block!r} but the checkpoint's 2D backbone is {what}: "
                             f"set model.backbone_2d.block: {expected}")
     head = getattr(model, "head", None)
-    rot = _setting(head, "rot_order")
-    if rot is not None:
-        want = "cos_sin" if source == "openpcdet" else "sin_cos"
-        if rot != want:
-            who = "OpenPCDet's CenterHead" if source == "openpcdet" else "mmdetection3d's CenterHead"
-            problems.append(f"model.head.rot_order is {rot!r}; {who} regresses ({want.replace('_', ', ')}): "
-                            f"set model.head.rot_order: {want}")
+    if head is not None and _setting(head, "rot_order") is not None:
+        # what each framework's CenterHead regresses: (setting, value, why)
+        if source == "openpcdet":
+            wanted = [("rot_order", "cos_sin", "OpenPCDet's CenterHead regresses (cos, sin) yaw"),
+                      ("box_convention", "pointwin", "OpenPCDet's boxes are (dx, dy, dz, yaw) as pointwin's"),
+                      ("iou_range", "signed", "OpenPCDet's IoU branch predicts 2 IoU - 1")]
+        else:
+            wanted = [("rot_order", "sin_cos", "mmdetection3d's CenterHead regresses (sin, cos) yaw")]
+            if MMDet3DLayout.detect(keys).nested_second:
+                wanted += [("box_convention", "mmdet3d_legacy", "the FlatFormer code is mmdetection3d 0.15, whose "
+                            "boxes are (dy, dx, dz) with angle -yaw - pi/2"),
+                           ("iou_range", "unit", "the FlatFormer code's IoU branch predicts IoU in [0, 1]")]
+        for name, value, why in wanted:
+            if name == "iou_range" and not _setting(head, "with_iou", False):
+                continue
+            own = _setting(head, name, value)
+            if own != value:
+                problems.append(f"model.head.{name} is {own!r}; {why}: set model.head.{name}: {value}")
     return problems
 
 
