@@ -423,3 +423,21 @@ def test_tensorrt_engine_matches_pytorch(flatformer_export):
 
     _, voxel2, _ = TensorRTDetector(result.out_dir, detector=model).run_graphs(points)
     assert float((voxel2.cpu() - ref).abs().max()) < 5e-2
+
+
+def test_partial_checkpoint_checks_only_the_parts_it_holds(tmp_path):
+    """An official nuScenes DSVT checkpoint ends in a TransFusion head: the CenterPoint head's settings are
+    not judged by it (its keys are simply missing / unmatched, which --allow-partial accepts)."""
+    from pointwin.export.converters import compatibility_problems, load_reference_checkpoint, to_reference
+
+    src, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml", DSVT_OFFICIAL_FLAGS)
+    ref = {k: v for k, v in to_reference(src.state_dict(), src, "openpcdet").items()
+           if not k.startswith("dense_head.")}
+    ref["dense_head.decoder.0.self_attn.in_proj_weight"] = torch.zeros(96, 32)  # a TransFusion-style key
+    dst, _ = _model("configs/synthetic/dsvt_pillar_tiny.yaml", DSVT_OFFICIAL_FLAGS[:2])  # head: sin_cos
+    assert compatibility_problems(dst, "openpcdet", ref) == []
+    assert any("rot_order" in p for p in compatibility_problems(dst, "openpcdet"))  # no keys: all checked
+    torch.save({"model_state": ref}, tmp_path / "nusc.pth")
+    result = load_reference_checkpoint(dst, tmp_path / "nusc.pth", "openpcdet", strict=False)
+    assert result.unmatched_reference == ["dense_head.decoder.0.self_attn.in_proj_weight"]
+    assert result.missing_pointwin and all(k.startswith("head.") for k in result.missing_pointwin)

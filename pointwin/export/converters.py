@@ -224,17 +224,23 @@ def compatibility_problems(model: nn.Module, source: str, reference_keys=()) -> 
 
     Each entry names the setting, what the reference does, and the config change that fixes it. Settings
     that a state dict shows (layer widths, which branches exist) are checked by the key and shape
-    comparison instead; these are the ones it does not show.
+    comparison instead; these are the ones it does not show. A part is checked only when
+    ``reference_keys`` hold weights for it (a checkpoint whose head is of another kind says nothing about
+    the head's settings); with no keys given, every part is checked.
     """
     _check_source(source)
     keys = list(reference_keys)
+
+    def has(pattern: str) -> bool:
+        return not keys or any(re.search(pattern, k) for k in keys)
+
     problems = []
     vfe = getattr(model, "vfe", None)
-    if vfe is not None and _setting(vfe, "cell_dtype", "float32") != "float32":
+    if vfe is not None and has(r"(^vfe\.|voxel_encoder\.)") and _setting(vfe, "cell_dtype", "float32") != "float32":
         problems.append("model.vfe.cell_dtype is 'float64'; OpenPCDet and mmdetection3d assign points to cells in "
                         "float32 (a few border points change voxel otherwise): set model.vfe.cell_dtype: float32")
     backbone = getattr(model, "backbone", None)
-    if source == "openpcdet" and type(backbone).__name__ == "DSVT":
+    if source == "openpcdet" and type(backbone).__name__ == "DSVT" and has(r"^backbone_3d\."):
         if not _setting(backbone, "mix_shift_pos_embed", False):
             problems.append("model.backbone.mix_shift_pos_embed is false; the official DSVT feeds layer i of every "
                             "block the position embedding of shift i: set model.backbone.mix_shift_pos_embed: true")
@@ -267,7 +273,8 @@ def compatibility_problems(model: nn.Module, source: str, reference_keys=()) -> 
             problems.append(f"model.backbone_2d.block is {block!r} but the checkpoint's 2D backbone is {what}: "
                             f"set model.backbone_2d.block: {expected}")
     head = getattr(model, "head", None)
-    if head is not None and _setting(head, "rot_order") is not None:
+    center_head_keys = has(r"(dense_head\.heads_list|bbox_head\.task_heads)\.")
+    if head is not None and _setting(head, "rot_order") is not None and center_head_keys:
         # what each framework's CenterHead regresses: (setting, value, why)
         if source == "openpcdet":
             wanted = [("rot_order", "cos_sin", "OpenPCDet's CenterHead regresses (cos, sin) yaw"),
