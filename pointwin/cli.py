@@ -10,6 +10,7 @@ Subcommands::
     pointwin visualize {sample,points,curves} ... BEV / 3D pictures, training curves
     pointwin export CONFIG --ckpt CKPT ...        ONNX / TensorRT
     pointwin convert --from openpcdet CKPT --config CONFIG --out OUT.pth   official checkpoint -> pointwin
+    pointwin predict CKPT FILES... --out DIR      per-frame detections / labels as JSON (and BEV PNGs)
     pointwin bench ...                            speed benchmarks
 
 Common flags: --work-dir, --set key=value (repeatable), --seed, --device, --amp.
@@ -126,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--profile-from", default=None, help="dataset (config split) for TensorRT shape profiles")
     _common(p, work_dir=False)
+
+    p = sub.add_parser("predict", help="run a checkpoint on point files: per-frame JSON (and BEV PNGs)",
+                       description="Load a pointwin checkpoint (its embedded config builds the model) and write, "
+                       "per input file, OUT/<name>.json with the detections (class, score, box) or the per-point "
+                       "class counts and OUT/<name>.labels.npy for a segmentor.")
+    p.add_argument("ckpt", type=Path, help="pointwin checkpoint (or a config YAML: untrained weights)")
+    p.add_argument("files", type=Path, nargs="+", help="point files: raw float32 .bin or .npy (N, C)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--config", type=Path, default=None, help="config to use when the checkpoint carries none")
+    p.add_argument("--dims", type=int, default=None,
+                   help="float32 values per point in .bin files (default: the model's point width)")
+    p.add_argument("--score-threshold", type=float, default=0.0, help="keep detections scoring at least this")
+    p.add_argument("--png", action="store_true", help="also draw a bird's-eye-view PNG per file")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
 
     p = sub.add_parser("convert", help="convert an official OpenPCDet / mmdetection3d checkpoint to pointwin",
                        description="Rename an official checkpoint's tensors to a pointwin model built from CONFIG, "
@@ -412,6 +429,48 @@ def cmd_export(args: argparse.Namespace) -> int:
     return int(fn(args) or 0)
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from pointwin.api import load_predictor
+    from pointwin.fileio import atomic_write, write_json
+
+    predictor = load_predictor(args.ckpt, args.device, args.config, args.overrides)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = [f.name.split(".")[0] for f in args.files]
+    if len(set(names)) != len(names):
+        raise CLIError("two input files share a name stem; their outputs would overwrite each other")
+    total = 0
+    for path, name in zip(tqdm(args.files, desc="predict", unit="file", disable=len(args.files) < 2), names,
+                          strict=True):
+        try:
+            points = predictor.read_points(path, args.dims)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        result = predictor.predict(points)
+        if predictor.task == "detection":
+            result = result.above(args.score_threshold)
+            total += len(result)
+            write_json(args.out / f"{name}.json", {"file": str(path), **result.to_json()}, indent=1)
+            if args.png:
+                from pointwin.visualize import draw_bev
+
+                draw_bev(points, args.out / f"{name}.png", pred_boxes=result.boxes, pred_scores=result.scores,
+                         pred_labels=result.labels, class_names=result.class_names, title=path.name)
+        else:
+            with atomic_write(args.out / f"{name}.labels.npy", "wb") as f:
+                np.save(f, result.labels, allow_pickle=False)
+            write_json(args.out / f"{name}.json", {"file": str(path), **result.to_json()}, indent=1)
+            if args.png:
+                from pointwin.visualize import draw_bev
+
+                draw_bev(points, args.out / f"{name}.png", title=path.name)
+    what = f"{total} detections" if predictor.task == "detection" else "per-point labels"
+    print(f"wrote {what} for {len(args.files)} files to {args.out}")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from pointwin.engine.builders import build_model
     from pointwin.engine.checkpoint import save_checkpoint
@@ -450,7 +509,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "test": cmd_test, "create-data": cmd_create_data, "eval": cmd_eval,
-            "visualize": cmd_visualize, "export": cmd_export, "convert": cmd_convert, "bench": cmd_bench,
+            "visualize": cmd_visualize, "export": cmd_export, "predict": cmd_predict,
+            "convert": cmd_convert, "bench": cmd_bench,
             "demo": cmd_demo}
 
 

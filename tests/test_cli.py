@@ -16,7 +16,8 @@ from pointwin.cli import build_parser, main
 from tests.engine_fixtures import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SUBCOMMANDS = ["train", "test", "create-data", "eval", "visualize", "export", "convert", "bench", "demo"]
+SUBCOMMANDS = ["train", "test", "create-data", "eval", "visualize", "export", "predict", "convert", "bench",
+               "demo"]
 
 
 @pytest.fixture
