@@ -79,6 +79,18 @@ def export_main(args: Any) -> int:
     print(f"exporting {args.config} -> {out} (example frame from data.{split})")
     result = export_onnx(model, example, out, model_cfg=cfg["model"])
     print(f"wrote {result.backbone}, {result.head}, {result.meta}")
+    from .tensorrt_compat import SOURCE, check_export
+
+    problems = check_export([result.backbone, result.head])
+    if problems:
+        print(f"TensorRT compatibility ({SOURCE}): {len(problems)} problem(s)")
+        for problem in problems:
+            print(f"  {problem}")
+        if fmt == "tensorrt":
+            _err("the graphs use operators TensorRT cannot parse (listed above)")
+            return EXIT_FAIL
+    else:
+        print(f"TensorRT compatibility: every node passes ({SOURCE})")
     print("parity (onnxruntime vs PyTorch) on the example frame:")
     try:
         parity_check(model, out, example)

@@ -1,0 +1,342 @@
+"""Can TensorRT build an engine from these ONNX graphs? Checked node by node without a GPU.
+
+The facts come from the operator support matrix of the ONNX-TensorRT parser that ships with TensorRT
+(``docs/operators.md`` of github.com/onnx/onnx-tensorrt, release ``TENSORRT_VERSION``): which operators it
+parses, the opset range, the data types per operator, and the restrictions below that can be decided from
+a graph (each is one check in :func:`check_graph`). A graph that passes can still fail for reasons only a
+build shows (memory, tactic availability), but one that fails here will not build: each problem names the
+node, the rule and what to change.
+
+Restrictions checked (TensorRT 10.1):
+
+* ``ScatterND`` without ``reduction``; ``ScatterElements`` with any of TensorRT's reductions.
+* ``axes`` of ``ReduceMax/Min/Sum/Mean/Prod``, ``Slice``, ``Squeeze``, ``Unsqueeze``, ``Pad`` and the ``axis`` of
+  ``CumSum`` given as initializers / constants, not computed tensors.
+* ``LayerNormalization``, ``MaxPool``: only the first output used.
+* ``TopK``: ``sorted = 1`` and a constant ``K`` below 3840.
+* ``Dropout``: not in training mode.
+* ``Constant``: no sparse or string values.
+* data types: the operator's data tensor in the types listed for it; DOUBLE anywhere is reported (TensorRT
+  casts it down to FLOAT, clamping).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+TENSORRT_VERSION = "10.1"
+#: opsets the parser accepts (inclusive)
+OPSET_RANGE = (9, 20)
+#: source of the tables: onnx-tensorrt docs/operators.md at the 10.1 GA release (commit 96e7811)
+SOURCE = "onnx-tensorrt docs/operators.md, ONNX-TensorRT 10.1 GA (96e7811)"
+
+#: operator -> data types of its data tensor that the parser accepts (``Supported Types`` column of the matrix)
+SUPPORTED_TYPES = {
+    "Abs": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Acos": ('FP32', 'FP16', 'BF16'),
+    "Acosh": ('FP32', 'FP16', 'BF16'),
+    "Add": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "And": ('BOOL',),
+    "ArgMax": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ArgMin": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Asin": ('FP32', 'FP16', 'BF16'),
+    "Asinh": ('FP32', 'FP16', 'BF16'),
+    "Atan": ('FP32', 'FP16', 'BF16'),
+    "Atanh": ('FP32', 'FP16', 'BF16'),
+    "AveragePool": ('FP32', 'FP16', 'BF16'),
+    "BatchNormalization": ('FP32', 'FP16', 'BF16'),
+    "Cast": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'UINT8', 'BOOL'),
+    "CastLike": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'UINT8', 'BOOL'),
+    "Ceil": ('FP32', 'FP16', 'BF16'),
+    "Celu": ('FP32', 'FP16', 'BF16'),
+    "Clip": ('FP32', 'FP16', 'BF16'),
+    "Concat": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Constant": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "ConstantOfShape": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Conv": ('FP32', 'FP16', 'BF16'),
+    "ConvTranspose": ('FP32', 'FP16', 'BF16'),
+    "Cos": ('FP32', 'FP16', 'BF16'),
+    "Cosh": ('FP32', 'FP16', 'BF16'),
+    "CumSum": ('FP32', 'FP16', 'BF16'),
+    "DeformConv": ('FP32', 'FP16'),
+    "DepthToSpace": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "DequantizeLinear": ('INT8', 'FP8', 'INT4'),
+    "Div": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Dropout": ('FP32', 'FP16', 'BF16'),
+    "Einsum": ('FP32', 'FP16', 'BF16'),
+    "Elu": ('FP32', 'FP16', 'BF16'),
+    "Equal": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Erf": ('FP32', 'FP16', 'BF16'),
+    "Exp": ('FP32', 'FP16', 'BF16'),
+    "Expand": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "EyeLike": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Flatten": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Floor": ('FP32', 'FP16', 'BF16'),
+    "GRU": ('FP32', 'FP16', 'BF16'),
+    "Gather": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "GatherElements": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "GatherND": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Gelu": ('FP32', 'FP16', 'BF16', 'INT8', 'INT32', 'INT64'),
+    "Gemm": ('FP32', 'FP16', 'BF16'),
+    "GlobalAveragePool": ('FP32', 'FP16', 'BF16'),
+    "GlobalLpPool": ('FP32', 'FP16', 'BF16'),
+    "GlobalMaxPool": ('FP32', 'FP16', 'BF16'),
+    "Greater": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "GreaterOrEqual": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "GridSample": ('FP32', 'FP16'),
+    "GroupNormalization": ('FP32', 'FP16', 'BF16'),
+    "HardSigmoid": ('FP32', 'FP16', 'BF16'),
+    "HardSwish": ('FP32', 'FP16', 'BF16'),
+    "Hardmax": ('FP32', 'FP16', 'BF16'),
+    "Identity": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "If": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "ImageScaler": ('FP32', 'FP16', 'BF16'),
+    "InstanceNormalization": ('FP32', 'FP16', 'BF16'),
+    "IsInf": ('FP32', 'FP16', 'BF16'),
+    "IsNaN": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "LRN": ('FP32', 'FP16', 'BF16'),
+    "LSTM": ('FP32', 'FP16', 'BF16'),
+    "LayerNormalization": ('FP32', 'FP16', 'BF16'),
+    "LeakyRelu": ('FP32', 'FP16', 'BF16'),
+    "Less": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "LessOrEqual": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Log": ('FP32', 'FP16', 'BF16'),
+    "LogSoftmax": ('FP32', 'FP16', 'BF16'),
+    "Loop": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "LpNormalization": ('FP32', 'FP16', 'BF16'),
+    "LpPool": ('FP32', 'FP16', 'BF16'),
+    "MatMul": ('FP32', 'FP16', 'BF16'),
+    "Max": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "MaxPool": ('FP32', 'FP16', 'BF16'),
+    "Mean": ('FP32', 'FP16', 'BF16', 'FP8', 'INT32', 'INT64'),
+    "MeanVarianceNormalization": ('FP32', 'FP16', 'BF16'),
+    "Min": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Mish": ('FP32', 'FP16'),
+    "Mod": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Mul": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Neg": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "NonMaxSuppression": ('FP32', 'FP16'),
+    "NonZero": ('FP32', 'FP16'),
+    "Not": ('BOOL',),
+    "OneHot": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Or": ('BOOL',),
+    "PRelu": ('FP32', 'FP16', 'BF16'),
+    "Pad": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ParametricSoftplus": ('FP32', 'FP16', 'BF16'),
+    "Pow": ('FP32', 'FP16', 'BF16'),
+    "QuantizeLinear": ('FP32', 'FP16', 'BF16'),
+    "RNN": ('FP32', 'FP16', 'BF16'),
+    "RandomNormal": ('FP32', 'FP16', 'BF16'),
+    "RandomNormalLike": ('FP32', 'FP16', 'BF16'),
+    "RandomUniform": ('FP32', 'FP16', 'BF16'),
+    "RandomUniformLike": ('FP32', 'FP16', 'BF16'),
+    "Range": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Reciprocal": ('FP32', 'FP16', 'BF16'),
+    "ReduceL1": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceL2": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceLogSum": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceLogSumExp": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceMax": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceMean": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceMin": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceProd": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceSum": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ReduceSumSquare": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Relu": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Reshape": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Resize": ('FP32', 'FP16', 'BF16'),
+    "ReverseSequence": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "RoiAlign": ('FP32', 'FP16'),
+    "Round": ('FP32', 'FP16', 'BF16'),
+    "ScaledTanh": ('FP32', 'FP16', 'BF16'),
+    "Scan": ('FP32', 'FP16', 'BF16'),
+    "Scatter": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ScatterElements": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "ScatterND": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Selu": ('FP32', 'FP16', 'BF16'),
+    "Shape": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Shrink": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Sigmoid": ('FP32', 'FP16', 'BF16'),
+    "Sign": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Sin": ('FP32', 'FP16', 'BF16'),
+    "Sinh": ('FP32', 'FP16', 'BF16'),
+    "Size": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Slice": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Softmax": ('FP32', 'FP16', 'BF16'),
+    "Softplus": ('FP32', 'FP16', 'BF16'),
+    "Softsign": ('FP32', 'FP16', 'BF16'),
+    "SpaceToDepth": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Split": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Sqrt": ('FP32', 'FP16', 'BF16'),
+    "Squeeze": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Sub": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Sum": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Tan": ('FP32', 'FP16', 'BF16'),
+    "Tanh": ('FP32', 'FP16', 'BF16'),
+    "ThresholdedRelu": ('FP32', 'FP16', 'BF16'),
+    "Tile": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "TopK": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64'),
+    "Transpose": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Trilu": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Unsqueeze": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Upsample": ('FP32', 'FP16', 'BF16'),
+    "Where": ('FP32', 'FP16', 'BF16', 'INT32', 'INT64', 'BOOL'),
+    "Xor": ('BOOL',),
+}
+#: operators the matrix marks as not supported
+UNSUPPORTED = frozenset({
+    'AffineGrid', 'Bernoulli', 'BitShift', 'BitwiseAnd', 'BitwiseNot', 'BitwiseOr', 'BitwiseXor',
+    'BlackmanWindow', 'CenterCropPad', 'Col2Im', 'Compress', 'ConcatFromSequence', 'ConvInteger', 'DFT', 'Det',
+    'DynamicQuantizeLinear', 'HammingWindow', 'HannWindow', 'ImageDecoder', 'MatMulInteger', 'MaxRoiPool',
+    'MaxUnpool', 'MelWeightMatrix', 'Multinomial', 'NegativeLogLikelihoodLoss', 'Optional',
+    'OptionalGetElement', 'OptionalHasElement', 'QLinearConv', 'QLinearMatMul', 'RegexFullMatch', 'STFT',
+    'SequenceAt', 'SequenceConstruct', 'SequenceEmpty', 'SequenceErase', 'SequenceInsert', 'SequenceLength',
+    'SequenceMap', 'SoftmaxCrossEntropyLoss', 'SplitToSequence', 'StringConcat', 'StringNormalizer',
+    'StringSplit', 'TfIdfVectorizer', 'Unique'
+})
+
+#: ONNX TensorProto data type number -> the names the support matrix uses
+_ONNX_TYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 6: "INT32", 7: "INT64", 9: "BOOL", 10: "FP16", 11: "DOUBLE",
+               16: "BF16", 17: "FP8", 18: "FP8", 19: "FP8", 20: "FP8", 22: "INT4"}
+#: inputs that must be constant: op -> (input index, attribute name of older opsets)
+_CONSTANT_INPUTS = {"ReduceMax": 1, "ReduceMin": 1, "ReduceSum": 1, "ReduceMean": 1, "ReduceProd": 1, "Slice": 3,
+                    "Squeeze": 1, "Unsqueeze": 1, "Pad": 3, "CumSum": 1}
+#: the input that carries the data whose type the matrix lists (default 0)
+_DATA_INPUT = {"Where": 1}
+_SCATTER_REDUCTIONS = {"none", "add", "mul", "max", "min"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason TensorRT would refuse a graph: where, which rule, and the fix."""
+
+    graph: str
+    node: str
+    op_type: str
+    rule: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.graph}: node {self.node!r} ({self.op_type}): {self.rule}; {self.fix}"
+
+
+def _attr(node, name: str, default=None):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            value = onnx.helper.get_attribute_value(a)
+            return value.decode() if isinstance(value, bytes) else value
+    return default
+
+
+def check_graph(model, name: str = "graph") -> list[Problem]:
+    """Problems TensorRT's ONNX parser would have with ``model`` (an ``onnx.ModelProto`` or a path)."""
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        name = Path(model).name if name == "graph" else name
+        model = onnx.load(str(model))
+    problems: list[Problem] = []
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not OPSET_RANGE[0] <= imp.version <= OPSET_RANGE[1]:
+            problems.append(Problem(name, "(model)", "opset", f"opset {imp.version} is outside TensorRT "
+                                    f"{TENSORRT_VERSION}'s range {OPSET_RANGE[0]}-{OPSET_RANGE[1]}",
+                                    f"export with opset_version <= {OPSET_RANGE[1]}"))
+        elif imp.domain not in ("", "ai.onnx"):
+            problems.append(Problem(name, "(model)", "opset", f"custom domain {imp.domain!r}",
+                                    "needs a TensorRT plugin for every op of that domain"))
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input,
+                                                             *inferred.graph.output]}
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    for t in model.graph.initializer:
+        types[t.name] = t.data_type
+    consumers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers[i] = consumers.get(i, 0) + 1
+    outputs = {o.name for o in model.graph.output}
+    for i, node in enumerate(model.graph.node):
+        label = node.name or f"#{i}"
+
+        def add(rule: str, fix: str, node=node, label=label) -> None:
+            problems.append(Problem(name, label, node.op_type, rule, fix))
+
+        op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            add(f"operator of domain {node.domain!r}", "replace it by standard ONNX ops or provide a plugin")
+            continue
+        if op in UNSUPPORTED or op not in SUPPORTED_TYPES:
+            add(f"TensorRT {TENSORRT_VERSION} has no {op} importer", "express it with supported ops (see "
+                "pointwin.export.tensorrt_compat.SUPPORTED_TYPES)")
+            continue
+        k = _DATA_INPUT.get(op, 0)
+        tensor = node.input[k] if len(node.input) > k and node.input[k] else (node.output[0] if node.output else "")
+        if op in ("Constant", "ConstantOfShape", "Cast", "Shape"):
+            tensor = node.output[0]
+        dtype = _ONNX_TYPES.get(types.get(tensor, 0))
+        if dtype == "DOUBLE":
+            add("a DOUBLE tensor (TensorRT casts it to FLOAT, clamping to +-FLT_MAX)", "keep the graph in float32")
+        elif dtype is not None and dtype not in SUPPORTED_TYPES[op] and op not in ("Shape",):
+            add(f"data type {dtype} is not among {', '.join(SUPPORTED_TYPES[op])}",
+                "cast before this node to a supported type")
+        if op == "ScatterND" and _attr(node, "reduction", "none") != "none":
+            add(f"ScatterND reduction {_attr(node, 'reduction')!r} is unsupported",
+                "use ScatterElements with the reduction, or ScatterND on unique indices")
+        if op == "ScatterElements" and _attr(node, "reduction", "none") not in _SCATTER_REDUCTIONS:
+            add(f"ScatterElements reduction {_attr(node, 'reduction')!r}", "use none/add/mul/max/min")
+        if op in _CONSTANT_INPUTS:
+            j = _CONSTANT_INPUTS[op]
+            if len(node.input) > j and node.input[j] and node.input[j] not in constants:
+                add(f"input {j} (axes) is computed at run time", "make it a constant / initializer")
+        if op in ("LayerNormalization", "MaxPool") and any(o and (consumers.get(o) or o in outputs)
+                                                              for o in node.output[1:]):
+            add("only the first output is supported", "do not use the extra outputs")
+        if op == "TopK":
+            if _attr(node, "sorted", 1) != 1:
+                add("sorted must be 1", "export TopK sorted")
+            kname = node.input[1] if len(node.input) > 1 else ""
+            kval = _constant_value(model, kname)
+            if kval is None:
+                add("K is computed at run time", "make K a constant")
+            elif int(kval) >= 3840:
+                add(f"K = {int(kval)} is not below 3840", "take the top-K in smaller pieces or on the host")
+        if op == "Dropout" and len(node.input) > 2 and node.input[2]:
+            value = _constant_value(model, node.input[2])
+            if value is None or bool(value):
+                add("training_mode must be a constant False", "export in eval mode")
+        if op == "Constant" and any(a.name in ("sparse_value", "value_string", "value_strings")
+                                    for a in node.attribute):
+            add("sparse or string constants are unsupported", "use dense numeric constants")
+    return problems
+
+
+def _constant_value(model, name: str):
+    import onnx.numpy_helper as nh
+
+    for t in model.graph.initializer:
+        if t.name == name:
+            return nh.to_array(t).reshape(-1)[0] if nh.to_array(t).size else None
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.output[0] == name:
+            for a in n.attribute:
+                if a.name == "value":
+                    arr = nh.to_array(a.t)
+                    return arr.reshape(-1)[0] if arr.size else None
+    return None
+
+
+def check_export(paths: Iterable[str | Path]) -> list[Problem]:
+    """Problems of every graph in ``paths`` (e.g. ``backbone.onnx`` and ``head.onnx`` of a deploy folder)."""
+    problems: list[Problem] = []
+    for p in paths:
+        problems += check_graph(p)
+    return problems
+
+
+__all__ = ["OPSET_RANGE", "SOURCE", "SUPPORTED_TYPES", "TENSORRT_VERSION", "UNSUPPORTED", "Problem", "check_export",
+           "check_graph"]
