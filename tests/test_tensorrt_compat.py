@@ -111,3 +111,57 @@ def test_exported_detectors_pass(config, extra, tmp_path, one_thread):
     assert problems == [], "\n".join(map(str, problems))
     ops = {n.op_type for p in (result.backbone, result.head) for n in onnx.load(str(p)).graph.node}
     assert {"ScatterElements", "GatherND", "Conv"} <= ops  # the checks saw the risky ops
+
+
+def test_profile_consistency(tmp_path, one_thread):
+    """The profile pointwin derives from frames fits both graphs' inputs (ranks, static sizes, one range per
+    dynamic axis); a tampered profile is caught input by input."""
+    from pointwin.export.onnx import export_onnx
+    from pointwin.export.runtime import load_meta
+    from pointwin.export.tensorrt import collect_profile, input_shapes
+    from pointwin.export.tensorrt_compat import check_profile
+    from tests.test_export import NUSCENES_FRAME, NUSCENES_SMALL, SMALL_RANGE, _nuscenes_points
+    from tests.test_export import _model as build
+
+    model, cfg = build("configs/synthetic/flatformer_tiny.yaml", [SMALL_RANGE])
+    result = export_onnx(model, _nuscenes_points(NUSCENES_FRAME), tmp_path, model_cfg=cfg["model"])
+    profile = collect_profile(model, [_nuscenes_points(NUSCENES_FRAME), _nuscenes_points(NUSCENES_SMALL)])
+    shapes = input_shapes(load_meta(tmp_path), profile)
+    graphs = {"backbone": result.backbone, "head": result.head}
+    assert check_profile(graphs, shapes) == []
+
+    bad = {g: dict(v) for g, v in shapes.items()}
+    lo, mid, hi = bad["backbone"]["point_feats"]
+    bad["backbone"]["point_feats"] = (hi, mid, lo)  # unordered
+    bad["backbone"]["point_voxel"] = (lo[:1], mid[:1], (hi[0] + 1,))  # same axis as point_feats, other range
+    lo, mid, hi = bad["head"]["voxel_coords"]
+    bad["head"]["voxel_coords"] = (lo[:1] + (3,), mid[:1] + (3,), hi[:1] + (3,))  # static axis 4 -> 3
+    del bad["head"]["voxel_feats"]
+    rules = {(p.node, p.rule.split(" ")[0]) for p in check_profile(graphs, bad)}
+    assert ("point_feats", "axis") in rules and ("point_voxel", "axis") in rules
+    assert ("voxel_coords", "axis") in rules and ("voxel_feats", "graph") in rules
+
+
+def test_export_command_checks_graphs_and_profile(tmp_path, capsys, one_thread):
+    """`pointwin export --format onnx --profile-from val` end to end: graphs, parity, TensorRT compatibility
+    and the profile check all reported."""
+    import argparse
+
+    import torch
+
+    from pointwin.config import load_config
+    from pointwin.engine.checkpoint import save_checkpoint
+    from pointwin.export import export_main
+    from pointwin.models import build_model
+
+    overrides = ["data.val.num_frames=3"]
+    cfg = load_config("configs/synthetic/flatformer_tiny.yaml", overrides)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.pth", build_model(cfg["model"]), config=cfg.dump())
+    args = argparse.Namespace(config="configs/synthetic/flatformer_tiny.yaml", ckpt=tmp_path / "m.pth",
+                              format="onnx", out=tmp_path / "deploy", profile_from="val", profile_frames=3,
+                              overrides=overrides)
+    assert export_main(args) == 0
+    out = capsys.readouterr().out
+    assert "TensorRT compatibility: every node passes" in out and "wrote" in out
+    assert (tmp_path / "deploy" / "profile.json").is_file() and "profile:" not in out

@@ -105,6 +105,16 @@ def export_main(args: Any) -> int:
         path = save_profile(profile, out)
         print(f"wrote {path} ({profile['frames']} frames of data.{profile_from}): "
               + ", ".join(f"{k} {v['min']}/{v['opt']}/{v['max']}" for k, v in profile["dims"].items()))
+        from .runtime import load_meta
+        from .tensorrt import input_shapes
+        from .tensorrt_compat import check_profile
+
+        bad = check_profile({"backbone": result.backbone, "head": result.head}, input_shapes(load_meta(out), profile))
+        for problem in bad:
+            print(f"  profile: {problem}")
+        if bad:
+            _err("the shape profile does not fit the graphs (listed above)")
+            return EXIT_FAIL
         if fmt == "tensorrt":
             from .tensorrt import build_engines
 

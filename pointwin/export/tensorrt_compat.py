@@ -330,6 +330,59 @@ def _constant_value(model, name: str):
     return None
 
 
+def check_profile(graphs: dict[str, str | Path], shapes: dict[str, dict[str, tuple]]) -> list[Problem]:
+    """Is an optimisation profile consistent with the graphs' inputs?
+
+    Args:
+        graphs: graph name -> ONNX path (e.g. ``{"backbone": ".../backbone.onnx", "head": ...}``).
+        shapes: graph name -> input name -> (min, opt, max) shapes, as
+            :func:`pointwin.export.tensorrt.input_shapes` gives them.
+
+    Every input needs a profile and every profile an input; ranks agree; a static axis has the graph's size
+    in min, opt and max; a dynamic axis has ``1 <= min <= opt <= max``; inputs that share a dynamic axis
+    name (one symbol, one size at run time) have the same min / opt / max on it.
+    """
+    import onnx
+
+    problems: list[Problem] = []
+    for gname, path in graphs.items():
+        model = onnx.load(str(path))
+        given = shapes.get(gname, {})
+        symbols: dict[str, tuple[str, tuple[int, int, int]]] = {}
+        inputs = {i.name: i for i in model.graph.input}
+        for name in sorted(set(given) - set(inputs)):
+            problems.append(Problem(gname, name, "profile", "profile for an input the graph does not have",
+                                    "drop it or re-export"))
+        for name, vi in inputs.items():
+            if name not in given:
+                problems.append(Problem(gname, name, "profile", "graph input without a profile",
+                                        "add its (min, opt, max) shapes"))
+                continue
+            dims = vi.type.tensor_type.shape.dim
+            mins, opts, maxs = (tuple(int(v) for v in s) for s in given[name])
+            if not len(mins) == len(opts) == len(maxs) == len(dims):
+                problems.append(Problem(gname, name, "profile", f"rank {len(dims)} in the graph, profile shapes "
+                                        f"{mins} / {opts} / {maxs}", "give one size per axis"))
+                continue
+            for axis, (d, lo, mid, hi) in enumerate(zip(dims, mins, opts, maxs, strict=True)):
+                where = f"axis {axis}"
+                if d.HasField("dim_value"):
+                    if not lo == mid == hi == d.dim_value:
+                        problems.append(Problem(gname, name, "profile", f"{where} is static {d.dim_value} but the "
+                                                f"profile gives {lo}/{mid}/{hi}", f"use {d.dim_value}"))
+                    continue
+                if not 1 <= lo <= mid <= hi:
+                    problems.append(Problem(gname, name, "profile", f"{where} ({d.dim_param or '?'}): min/opt/max "
+                                            f"{lo}/{mid}/{hi} not ordered", "need 1 <= min <= opt <= max"))
+                if d.dim_param:
+                    seen = symbols.setdefault(d.dim_param, (name, (lo, mid, hi)))
+                    if seen[1] != (lo, mid, hi):
+                        problems.append(Problem(gname, name, "profile", f"{where} is {d.dim_param!r} like "
+                                                f"{seen[0]} but has {lo}/{mid}/{hi} vs {'/'.join(map(str, seen[1]))}",
+                                                "one dynamic axis, one range"))
+    return problems
+
+
 def check_export(paths: Iterable[str | Path]) -> list[Problem]:
     """Problems of every graph in ``paths`` (e.g. ``backbone.onnx`` and ``head.onnx`` of a deploy folder)."""
     problems: list[Problem] = []
@@ -339,4 +392,4 @@ def check_export(paths: Iterable[str | Path]) -> list[Problem]:
 
 
 __all__ = ["OPSET_RANGE", "SOURCE", "SUPPORTED_TYPES", "TENSORRT_VERSION", "UNSUPPORTED", "Problem", "check_export",
-           "check_graph"]
+           "check_graph", "check_profile"]
