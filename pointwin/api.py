@@ -104,11 +104,16 @@ class Predictor:
     def read_points(self, points: PointsLike, dims: int | None = None) -> np.ndarray:
         """(N, C) float32 points from an array, a tensor or a ``.bin`` / ``.npy`` path (``dims`` columns
         for ``.bin``, default the model's point width); checked against the model's point width."""
+        return self.read_points_for(points, self.num_point_features, dims)
+
+    @staticmethod
+    def read_points_for(points: PointsLike, width: int, dims: int | None = None) -> np.ndarray:
+        """:meth:`read_points` for a model whose point width is ``width``."""
         if isinstance(points, (str, os.PathLike)):
             from .datasets.base import load_points
 
             path = Path(points)
-            array = load_points(path, dims or self.num_point_features if path.suffix == ".bin" else None)
+            array = load_points(path, dims or width if path.suffix == ".bin" else None)
             where = str(path)
         elif isinstance(points, torch.Tensor):
             array, where = points.detach().cpu().float().numpy(), "points tensor"
@@ -117,11 +122,10 @@ class Predictor:
         else:
             raise TypeError(f"predict: points must be a numpy array, a torch tensor or a path to a .bin/.npy "
                             f"file, got {type(points).__name__}")
-        if array.ndim != 2 or array.shape[1] < self.num_point_features:
-            raise ValueError(f"{where}: expected (N, >= {self.num_point_features}) points (x, y, z first; the "
-                             f"config's model.vfe.num_point_features is {self.num_point_features}), got shape "
-                             f"{tuple(array.shape)}")
-        return np.ascontiguousarray(array[:, : self.num_point_features], dtype=np.float32)
+        if array.ndim != 2 or array.shape[1] < width:
+            raise ValueError(f"{where}: expected (N, >= {width}) points (x, y, z first; the config's "
+                             f"model.vfe.num_point_features is {width}), got shape {tuple(array.shape)}")
+        return np.ascontiguousarray(array[:, :width], dtype=np.float32)
 
     @torch.no_grad()
     def predict(self, points: PointsLike | Sequence[PointsLike], dims: int | None = None):

@@ -441,3 +441,25 @@ def test_partial_checkpoint_checks_only_the_parts_it_holds(tmp_path):
     result = load_reference_checkpoint(dst, tmp_path / "nusc.pth", "openpcdet", strict=False)
     assert result.unmatched_reference == ["dense_head.decoder.0.self_attn.in_proj_weight"]
     assert result.missing_pointwin and all(k.startswith("head.") for k in result.missing_pointwin)
+
+
+def test_onnx_runtime_takes_numpy_and_paths(flatformer_export, tmp_path):
+    """OnnxDetector accepts what pointwin.load_detector's predict accepts: an (N, C) array, a tensor, a path;
+    its numpy result equals the PyTorch model's on the same cloud (same top boxes)."""
+    import pointwin.api as api
+
+    model, cfg, _, runtime = flatformer_export
+    path = shared_file(NUSCENES_FRAME)
+    array = np.fromfile(path, dtype=np.float32).reshape(-1, 5)[:, :model.vfe.num_point_features]
+    np.save(tmp_path / "cloud.npy", array)
+    from_path = runtime.predict(tmp_path / "cloud.npy")
+    from_array = runtime.predict(array)
+    from_tensor = runtime.predict(torch.from_numpy(array))
+    np.testing.assert_array_equal(from_array.scores, from_tensor.scores)
+    np.testing.assert_array_equal(from_path.scores, from_array.scores)
+    torch_result = api.Predictor(model, {"model": cfg["model"]}, torch.device("cpu"), "memory").predict(array)
+    k = min(10, len(torch_result))
+    np.testing.assert_allclose(from_array.scores[:k], torch_result.scores[:k], atol=1e-4)
+    np.testing.assert_allclose(from_array.boxes[:k], torch_result.boxes[:k], atol=1e-3)
+    with pytest.raises(ValueError, match=r"expected \(N, >= 4\) points"):
+        runtime.predict(array[:, :3])

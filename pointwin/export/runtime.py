@@ -4,6 +4,7 @@
 
     runtime = OnnxDetector("export_dir")            # reads deploy.json, backbone.onnx, head.onnx
     detections = runtime(points)                    # list of Detections, one per sample
+    result = runtime.predict("scan.bin")            # numpy in / out, as pointwin.load_detector's predict
 
 Steps of one call (the same steps a TensorRT / C++ deployment has to reproduce):
 
@@ -83,9 +84,19 @@ class OnnxDetector:
             raise ValueError(f"runtime: the graphs were exported for batch_size {self.meta['batch_size']}, "
                              f"got {frame.batch_size}")
 
-    def run_graphs(self, points: Points) -> tuple[PreprocessedFrame, torch.Tensor, list[torch.Tensor]]:
-        """(preprocessed frame, voxel features (N, C), head maps) for a batch of points."""
-        frame = self.preprocess(points)
+    def as_points(self, points) -> Points:
+        """A one-sample :class:`Points` batch from Points, an (N, C) numpy array / tensor or a .bin/.npy path
+        (read with the model's point width)."""
+        if isinstance(points, Points):
+            return points
+        from ..api import Predictor
+
+        array = Predictor.read_points_for(points, int(self.detector.vfe.num_point_features))
+        return Points.from_list([torch.from_numpy(array)])
+
+    def run_graphs(self, points) -> tuple[PreprocessedFrame, torch.Tensor, list[torch.Tensor]]:
+        """(preprocessed frame, voxel features (N, C), head maps) for a batch of points (see :meth:`as_points`)."""
+        frame = self.preprocess(self.as_points(points))
         self._check_frame(frame)
         names = self.meta["backbone"]["inputs"]
         feed = {n: t.cpu().numpy() for n, t in zip(names, frame.backbone_inputs(), strict=True)}
@@ -94,9 +105,18 @@ class OnnxDetector:
         head = self.head.run(self.meta["head"]["outputs"], {"voxel_feats": voxel_feats, "voxel_coords": coords})
         return frame, torch.from_numpy(np.asarray(voxel_feats)), [torch.from_numpy(np.asarray(h)) for h in head]
 
-    def __call__(self, points: Points) -> list[Detections]:
+    def __call__(self, points) -> list[Detections]:
         _, _, head = self.run_graphs(points)
         return self.postprocess(head)
+
+    def predict(self, points):
+        """Detections of one cloud as a :class:`pointwin.api.DetectionResult` (numpy arrays, by score)."""
+        from ..api import DetectionResult
+
+        (det,) = self(points)
+        order = det.scores.argsort(descending=True)
+        return DetectionResult(det.boxes.tensor[order].float().numpy(), det.scores[order].float().numpy(),
+                               det.labels[order].numpy().astype(np.int64), list(self.detector.class_names))
 
 
 __all__ = ["OnnxDetector", "load_meta"]
