@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ...partition.base import Partition
+from .policy import unify_qkv
 from .reference import check_qkv, group_attention_equal, group_attention_varlen
 
 BACKENDS = ("auto", "torch", "triton")
@@ -27,7 +28,9 @@ def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
     """Softmax attention among the slots of each group of ``partition``.
 
     Args:
-        q, k: (N, H, D) per-voxel queries and keys; v: (N, H, Dv) values.
+        q, k: (N, H, D) per-voxel queries and keys; v: (N, H, Dv) values. One dtype (float32, float16,
+            bfloat16; float64 on the torch paths); under autocast a mix is cast to the autocast dtype,
+            otherwise it raises (:func:`pointwin.ops.attention.policy.unify_qkv`).
         partition: which voxels attend to each other; keys at ``key_pad`` slots are ignored and voxel
             n's output is the output of its ``owner`` slot.
         scale: softmax scale, default 1/sqrt(D).
@@ -46,6 +49,7 @@ def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
     if backend not in BACKENDS:
         raise ValueError(f"group_attention: backend must be one of {BACKENDS}, got {backend!r}")
     check_qkv(q, k, v, partition, "group_attention")
+    q, k, v = unify_qkv(q, k, v, "group_attention")  # one dtype for every path (see policy.py)
     use_triton = backend == "triton" or (
         backend == "auto" and partition.size is None and q.is_cuda and dropout_p == 0.0 and pair_bias is None
         and triton_available())

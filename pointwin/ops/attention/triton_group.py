@@ -12,20 +12,15 @@ This module imports triton at import time; import it lazily (``group_attention``
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ...partition.base import Partition
+from .policy import KERNEL_DTYPES, dot_precision, group_launch, interpreted, interpreter_group_launch, pow2, unify_qkv
 from .reference import default_scale
 
 LOG2E = 1.4426950408889634
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def block_table(offsets: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,63 +202,62 @@ def _bwd_dkdv_kernel(Q, K, V, DO, DK, DV_, LSE, DELTA, INDEX, OWNER, KEYPAD, BST
              mask=n_in[:, None] & e_mask[None, :])
 
 
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(int(n)))
+def _config(q: torch.Tensor, offsets: torch.Tensor, block_m: int | None, block_n: int | None,
+            precision: str) -> tuple[int, int, bool, str, int, int]:
+    """Launch of the three kernels: (BLOCK_M, BLOCK_N, F32, PREC, num_warps, num_stages).
 
-
-def _precision(x: torch.Tensor) -> str:
-    """fp32 inputs get exact fp32 dots (tl.dot would otherwise round them to tf32 on the GPU)."""
-    return "ieee" if x.dtype == torch.float32 else "tf32"
-
-
-def _config(q: torch.Tensor, offsets: torch.Tensor, block_m: int | None,
-            block_n: int | None) -> tuple[int, int, bool]:
-    """Block sizes and whether to compute in fp32 (always under the interpreter: its bf16 math is wrong)."""
-    f32 = q.dtype == torch.float32 or _interpreted()
-    # Short groups waste most of a 64-slot block: use 32-slot blocks when the mean group is short.
-    mean_size = int(offsets[-1]) / max(offsets.numel() - 1, 1)
-    default = 16 if _interpreted() else (32 if mean_size <= 48 else 64)
-    if block_m is None:
-        block_m = default
-    if block_n is None:
-        block_n = default if q.shape[-1] <= 64 else min(default, 32)
-    return block_m, block_n, f32
+    F32 (cast loaded values to fp32) is set for float32 inputs and always under the interpreter, whose
+    bf16/fp16 arithmetic is wrong. Block sizes come from :func:`policy.group_launch` (per head dim and
+    dtype), or from ``block_m``/``block_n`` when given (tests use small ones).
+    """
+    f32 = q.dtype == torch.float32 or interpreted()
+    prec = dot_precision(q.dtype, precision)
+    if interpreted():
+        cfg = interpreter_group_launch(block_m, block_n)
+    else:
+        # Short groups waste most of a 64-slot block: use 32-slot blocks when the mean group is short.
+        mean_size = int(offsets[-1]) / max(offsets.numel() - 1, 1)
+        cfg = group_launch(q.dtype, pow2(q.shape[-1]), pow2(q.shape[-1]), mean_size <= 48, prec)
+    return block_m or cfg.block_m, block_n or cfg.block_n, f32, prec, cfg.num_warps, cfg.num_stages
 
 
 class _GroupAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, index, owner, key_pad, offsets, scale, block_m, block_n):
+    def forward(ctx, q, k, v, index, owner, key_pad, offsets, scale, block_m, block_n, precision):
+        if not q.dtype == k.dtype == v.dtype:  # group_attention_triton unifies them; guard direct callers
+            raise ValueError(f"_GroupAttention: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         N, H, D = q.shape
         DV = v.shape[2]
         M = index.numel()
-        block_m, block_n, f32 = _config(q, offsets, block_m, block_n)
+        block_m, block_n, f32, prec, warps, stages = _config(q, offsets, block_m, block_n, precision)
         bs, be, bg = block_table(offsets, block_m)
         out = torch.zeros(N, H, DV, device=q.device, dtype=q.dtype)
         lse = torch.empty(M, H, device=q.device, dtype=torch.float32)
         has_pad = key_pad is not None
         kp = key_pad.to(torch.int8) if has_pad else index  # dummy pointer when no padding
-        BD, BDV = _pow2(D), _pow2(DV)
-        prec = _precision(q)
+        BD, BDV = pow2(D), pow2(DV)
+        launch = dict(num_warps=warps, num_stages=stages)
         if bs.numel():
             _fwd_kernel[(bs.numel(), H)](
                 q, k, v, out, lse, index, owner, kp, bs, be, bg,
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 out.stride(0), out.stride(1), lse.stride(0), scale * LOG2E, D, DV,
-                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
+                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV,
+                PREC=prec, **launch)
         ctx.save_for_backward(q, k, v, out, lse, index, owner, kp, offsets)
-        ctx.cfg = (scale, block_m, block_n, f32, has_pad, prec)
+        ctx.cfg = (scale, block_m, block_n, f32, has_pad, prec, launch)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse, index, owner, kp, offsets = ctx.saved_tensors
-        scale, block_m, block_n, f32, has_pad, prec = ctx.cfg
+        scale, block_m, block_n, f32, has_pad, prec, launch = ctx.cfg
         dout = dout.contiguous()
         N, H, D = q.shape
         DV = v.shape[2]
         M = index.numel()
-        BD, BDV = _pow2(D), _pow2(DV)
+        BD, BDV = pow2(D), pow2(DV)
         delta = (dout.float() * out.float()).sum(-1).contiguous()  # (N, H): rowsum(dO * O) at owner slots
         dq = torch.zeros_like(q)
         dk_slot = torch.zeros(M, H, D, device=q.device, dtype=torch.float32)
@@ -275,7 +269,8 @@ class _GroupAttention(torch.autograd.Function):
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 dout.stride(0), dout.stride(1), dq.stride(0), dq.stride(1), lse.stride(0), delta.stride(0),
                 scale * LOG2E, scale, D, DV,
-                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
+                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV,
+                PREC=prec, **launch)
         ks, ke, kg = block_table(offsets, block_n)
         if ks.numel():
             _bwd_dkdv_kernel[(ks.numel(), H)](
@@ -283,22 +278,27 @@ class _GroupAttention(torch.autograd.Function):
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 dout.stride(0), dout.stride(1), dk_slot.stride(0), dk_slot.stride(1),
                 dv_slot.stride(0), dv_slot.stride(1), lse.stride(0), delta.stride(0), scale * LOG2E, scale, D, DV,
-                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
+                HAS_PAD=has_pad, F32=f32, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV,
+                PREC=prec, **launch)
         # A voxel can sit in several groups (borrowed or repeated slots): sum its slot gradients.
         dk = torch.zeros(N, H, D, device=q.device, dtype=torch.float32).index_add_(0, index, dk_slot)
         dv = torch.zeros(N, H, DV, device=q.device, dtype=torch.float32).index_add_(0, index, dv_slot)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None, None
 
 
 def group_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition,
                            scale: float | None = None, block_m: int | None = None,
-                           block_n: int | None = None) -> torch.Tensor:
+                           block_n: int | None = None, precision: str | None = None) -> torch.Tensor:
     """Group attention with the Triton kernels (any partition, equal-size or not). Returns (N, H, Dv).
 
-    ``block_m``/``block_n`` (powers of two) override the query/key block sizes (tests use small ones).
+    q, k, v are brought to one dtype by :func:`policy.unify_qkv` (float32, float16 or bfloat16; a mix
+    is cast to the autocast dtype under autocast and raises otherwise). ``block_m``/``block_n`` (powers
+    of two) override the query/key block sizes (tests use small ones). ``precision``: dot precision of
+    float32 inputs, "tf32" or "ieee" (default: :func:`policy.get_fp32_precision`, "tf32").
     """
+    q, k, v = unify_qkv(q, k, v, "group_attention_triton", KERNEL_DTYPES)
     for name, b in (("block_m", block_m), ("block_n", block_n)):
         if b is not None and (b < 1 or b & (b - 1)):
             raise ValueError(f"group_attention_triton: {name} must be a power of two, got {b}")
     return _GroupAttention.apply(q, k, v, partition.index, partition.owner, partition.key_pad,
-                                 partition.offsets, default_scale(q, scale), block_m, block_n)
+                                 partition.offsets, default_scale(q, scale), block_m, block_n, precision)

@@ -11,18 +11,22 @@ This module imports triton at import time; import it lazily (``scattered_linear_
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from ...partition.base import Partition
+from .policy import (
+    KERNEL_DTYPES,
+    dot_precision,
+    interpreted,
+    interpreter_sla_launch,
+    pow2,
+    sla_backward_precision,
+    sla_launch,
+    unify_qkv,
+)
 from .reference import SLA_EPS
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def chunk_table(offsets: torch.Tensor, chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,18 +193,18 @@ def _bwd_kv_kernel(K, V, DKV, DS, DK, DV_, INDEX, KEYPAD, CSTART, CEND, CGROUP,
                  mask=in_range[:, None] & e_mask[None, :])
 
 
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(int(n)))
-
-
-def _config(chunk: int | None, block_s: int | None) -> tuple[int, int]:
-    if block_s is None:
-        block_s = 16 if _interpreted() else 64
-    if chunk is None:
-        chunk = 2 * block_s if _interpreted() else 256
+def _config(dtype: torch.dtype, D: int, DV: int, chunk: int | None,
+            block_s: int | None) -> tuple[int, int, dict]:
+    """(CHUNK, BLOCK_S, launch options) from :func:`policy.sla_launch`, or the test overrides."""
+    if interpreted():
+        cfg = interpreter_sla_launch(chunk, block_s)
+    else:
+        cfg = sla_launch(dtype, pow2(D), pow2(DV))
+    block_s = block_s or cfg.block_m
+    chunk = chunk or max(cfg.block_n, block_s)
     if chunk % block_s:
         raise ValueError(f"scattered_linear_attention_triton: chunk {chunk} must be a multiple of block_s {block_s}")
-    return chunk, block_s
+    return chunk, block_s, dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
 def _combine(partial: torch.Tensor, grp: torch.Tensor, G: int) -> torch.Tensor:
@@ -210,44 +214,48 @@ def _combine(partial: torch.Tensor, grp: torch.Tensor, G: int) -> torch.Tensor:
 
 class _SLA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, index, owner, key_pad, offsets, eps, chunk, block_s):
+    def forward(ctx, q, k, v, index, owner, key_pad, offsets, eps, chunk, block_s, precision):
+        if not q.dtype == k.dtype == v.dtype:  # scattered_linear_attention_triton unifies them
+            raise ValueError(f"_SLA: q, k, v dtypes differ ({q.dtype}, {k.dtype}, {v.dtype})")
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         N, H, D = q.shape
         DV = v.shape[2]
         G = offsets.numel() - 1
-        chunk, block_s = _config(chunk, block_s)
+        chunk, block_s, launch = _config(q.dtype, D, DV, chunk, block_s)
         cs, ce, grp = chunk_table(offsets, chunk)
         C = cs.numel()
-        BD, BDV = _pow2(D), _pow2(DV)
+        BD, BDV = pow2(D), pow2(DV)
         has_pad = key_pad is not None
         kp = key_pad.to(torch.int8) if has_pad else index
-        # fp32 inputs get exact fp32 dots (tl.dot would otherwise round them to tf32 on the GPU).
-        prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        # The kernels load q/k/v and compute in fp32; fp32 inputs use TF32 dots unless precision="ieee".
+        prec = dot_precision(q.dtype, precision)
         pkv = torch.empty(C, H, BD, BDV, device=q.device, dtype=torch.float32)
         ps = torch.empty(C, H, BD, device=q.device, dtype=torch.float32)
         out = torch.zeros(N, H, DV, device=q.device, dtype=q.dtype)
         if C:
             _state_kernel[(C, H)](k, v, pkv, ps, index, kp, cs, ce, k.stride(0), k.stride(1), v.stride(0),
                                   v.stride(1), D, DV, HAS_PAD=has_pad, CHUNK=chunk, BLOCK_S=block_s,
-                                  BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
+                                  BLOCK_D=BD, BLOCK_DV=BDV,
+                                   PREC=prec, **launch)
         kv, s = _combine(pkv, grp, G), _combine(ps, grp, G)
         if C:
             _out_kernel[(C, H)](q, kv, s, out, index, owner, cs, ce, grp, q.stride(0), q.stride(1),
                                 out.stride(0), out.stride(1), eps, D, DV, CHUNK=chunk, BLOCK_S=block_s,
-                                BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
+                                BLOCK_D=BD, BLOCK_DV=BDV,
+                                   PREC=prec, **launch)
         ctx.save_for_backward(q, k, v, kv, s, index, owner, kp, cs, ce, grp)
-        ctx.cfg = (eps, chunk, block_s, has_pad, G, prec)
+        ctx.cfg = (eps, chunk, block_s, has_pad, G, sla_backward_precision(prec, BD, BDV), launch)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, kv, s, index, owner, kp, cs, ce, grp = ctx.saved_tensors
-        eps, chunk, block_s, has_pad, G, prec = ctx.cfg
+        eps, chunk, block_s, has_pad, G, prec, launch = ctx.cfg
         dout = dout.contiguous()
         N, H, D = q.shape
         DV = v.shape[2]
         M, C = index.numel(), cs.numel()
-        BD, BDV = _pow2(D), _pow2(DV)
+        BD, BDV = pow2(D), pow2(DV)
         dq = torch.zeros_like(q)
         pdkv = torch.empty(C, H, BD, BDV, device=q.device, dtype=torch.float32)
         pds = torch.empty(C, H, BD, device=q.device, dtype=torch.float32)
@@ -257,27 +265,32 @@ class _SLA(torch.autograd.Function):
             _bwd_q_kernel[(C, H)](q, kv, s, dout, dq, pdkv, pds, index, owner, cs, ce, grp,
                                   q.stride(0), q.stride(1), dout.stride(0), dout.stride(1), dq.stride(0),
                                   dq.stride(1), eps, D, DV, CHUNK=chunk, BLOCK_S=block_s, BLOCK_D=BD,
-                                  BLOCK_DV=BDV, PREC=prec)
+                                  BLOCK_DV=BDV, PREC=prec, **launch)
             dkv, ds = _combine(pdkv, grp, G), _combine(pds, grp, G)
             _bwd_kv_kernel[(C, H)](k, v, dkv, ds, dk_slot, dv_slot, index, kp, cs, ce, grp,
                                    k.stride(0), k.stride(1), v.stride(0), v.stride(1), dk_slot.stride(0),
                                    dk_slot.stride(1), dv_slot.stride(0), dv_slot.stride(1), D, DV,
-                                   HAS_PAD=has_pad, CHUNK=chunk, BLOCK_S=block_s, BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec)
+                                   HAS_PAD=has_pad, CHUNK=chunk, BLOCK_S=block_s, BLOCK_D=BD, BLOCK_DV=BDV,
+                                   PREC=prec, **launch)
         # A voxel can sit in several groups: sum its per-slot key/value gradients.
         dk = torch.zeros(N, H, D, device=q.device, dtype=torch.float32).index_add_(0, index, dk_slot)
         dv = torch.zeros(N, H, DV, device=q.device, dtype=torch.float32).index_add_(0, index, dv_slot)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None, None, None, None
 
 
 def scattered_linear_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition: Partition,
                                       eps: float = SLA_EPS, chunk: int | None = None,
-                                      block_s: int | None = None) -> torch.Tensor:
+                                      block_s: int | None = None, precision: str | None = None) -> torch.Tensor:
     """Scattered linear attention with the Triton kernels. Returns (N, H, Dv).
+
+    q, k, v are brought to one dtype by :func:`policy.unify_qkv`; ``precision`` is the dot precision of
+    float32 inputs ("tf32" default, or "ieee"); the backward uses fp32-accurate dots either way.
 
     ``chunk`` (slots per program) and ``block_s`` (slots per inner step, a power of two) override the
     defaults; tests use small ones so that long groups span several programs.
     """
     if block_s is not None and (block_s < 1 or block_s & (block_s - 1)):
         raise ValueError(f"scattered_linear_attention_triton: block_s must be a power of two, got {block_s}")
+    q, k, v = unify_qkv(q, k, v, "scattered_linear_attention_triton", KERNEL_DTYPES)
     return _SLA.apply(q, k, v, partition.index, partition.owner, partition.key_pad, partition.offsets,
-                      float(eps), chunk, block_s)
+                      float(eps), chunk, block_s, precision)
