@@ -117,3 +117,90 @@ def test_sla_real_schemes_forward_and_gradcheck(case):
     leaves = tuple(t.requires_grad_() for t in (q, k, v))
     assert torch.autograd.gradcheck(lambda a, b, c: scattered_linear_attention(a, b, c, p), leaves, eps=1e-7,
                                     fast_mode=True)
+
+
+# --- fp16 NaN in dk/dv and bf16 dk error (seen on an H200, H=8, D=16) --------------------------------
+
+def _cancellation_case(seed: int = 0):
+    """H=8, D=16 groups of 37-120 voxels; one voxel/head with phi(q) = 0 (den = eps) and values with a
+    common offset, so that dk = (v dKV^T + ds) [k > 0] is a difference of two large terms."""
+    gen = torch.Generator().manual_seed(seed)
+    groups, n = random_varlen_groups([90, 37, 120], gen, extras=False)
+    p = partition_from_groups(groups, n)
+    q, k, v, dout = (torch.randn(n, 8, 16, generator=gen) for _ in range(4))
+    q[5, 3] = -q[5, 3].abs()
+    return p, q, k - 2.0, v + 4.0, dout
+
+
+def _grads(fn, p, q, k, v, dout, dtype):
+    leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves, p)
+    return [out.double()] + [g.double() for g in torch.autograd.grad(out, leaves, dout.to(dtype))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_sla_low_precision_gradients_finite_and_accurate(dtype, backend):
+    """The torch path used to compute in the input dtype: in fp16, den = eps = 1e-6 is subnormal and
+    den**2 underflows to 0, so the division's backward gives 0/0 and grad/den overflows (inf * phi(q)=0):
+    NaN in s's and KV's gradients, i.e. in dk and dv of the whole group (dq stays finite through ReLU's
+    masked backward). In bf16 its group sums and dk's cancellation lost 0.28 relative dk error here.
+    Both paths now compute in fp32 and must match the float64 path to the input dtype's resolution."""
+    import os
+
+    if backend == "triton" and not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+        pytest.skip("Triton kernels need a GPU or TRITON_INTERPRET=1")
+    from pointwin.ops.attention.reference import scattered_linear_attention_reference
+
+    p, q, k, v, dout = _cancellation_case()
+    want = _grads(scattered_linear_attention_reference, p, q, k, v, dout, torch.float64)
+
+    def fn(a, b, c, part):
+        return scattered_linear_attention(a, b, c, part, backend=backend)
+
+    got = _grads(fn, p, q, k, v, dout, dtype)
+    tol = 3e-3 if dtype == torch.float16 else 2e-2
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        assert torch.isfinite(g).all(), f"{backend} {dtype}: {name} has NaN/inf"
+        rel = ((g - w).norm() / w.norm()).item()
+        assert rel < tol, f"{backend} {dtype}: {name} relative error {rel:.3g} >= {tol}"
+
+
+def test_fp16_den_squared_underflows():
+    """The arithmetic behind the fp16 NaN: eps^2 is below fp16's smallest subnormal (6e-8)."""
+    eps = torch.tensor(1e-6, dtype=torch.float16)
+    assert eps > 0 and eps * eps == 0 and torch.isinf(torch.tensor(1.0, dtype=torch.float16) / eps)
+
+
+def _tf32(x: torch.Tensor) -> torch.Tensor:
+    """Round float32 to TF32 (10 mantissa bits, round to nearest), what tl.dot(input_precision='tf32') does."""
+    b = x.float().contiguous().view(torch.int32)
+    return ((b + 0x1000) & ~0x1FFF).view(torch.float32)
+
+
+def test_sla_backward_needs_fp32_accurate_dots():
+    """The kernel's dk = v dKV^T + ds cancels: with TF32 operands (the former default for fp16/bf16 and the
+    tf32 default for fp32) the product's rounding is amplified; the 3-pass split that
+    input_precision='tf32x3' uses (hi*hi + hi*lo + lo*hi) is as accurate as fp32. This emulates both on
+    the CPU (the interpreter does not round to TF32) for one group of the cancellation case."""
+    import torch.nn.functional as F
+
+    p, q, k, v, dout = _cancellation_case()
+    vox = p.index[p.offsets[0]:p.offsets[1]]
+    kk, vv, qq, dd = (t[vox, 0].double() for t in (k, v, q, dout))
+    pk, pq = F.relu(kk), F.relu(qq)
+    kv, s = pk.T @ vv, pk.sum(0)
+    num, den = pq @ kv, pq @ s + 1e-6
+    dkv = pq.T @ (dd / den[:, None])
+    ds = ((-(dd * num).sum(1) / den ** 2)[:, None] * pq).sum(0)
+    exact = (vv @ dkv.T + ds) * (kk > 0)
+
+    def dk(prod):
+        return (prod.double() + ds.float().double()) * (kk > 0)
+
+    a, b = vv.float(), dkv.T.float()
+    ha, hb = _tf32(a), _tf32(b)
+    err = {name: ((dk(prod) - exact).norm() / exact.norm()).item() for name, prod in (
+        ("tf32", ha @ hb), ("tf32x3", ha @ hb + ha @ _tf32(b - hb) + _tf32(a - ha) @ hb), ("fp32", a @ b))}
+    assert err["tf32x3"] < 3 * err["fp32"] + 1e-7
+    assert err["tf32"] > 100 * err["tf32x3"]

@@ -167,7 +167,23 @@ def scattered_linear_attention_reference(q, k, v, partition: Partition, eps: flo
     y_n = phi(q_n) KV_g / (phi(q_n) . s_g + eps) with g the group of voxel n's owner slot. Groups are
     bucketed by length like :func:`group_attention_varlen`, so every reduction is a batched GEMM (no
     per-slot D x Dv outer products are materialised).
+
+    float16/bfloat16 inputs are computed in float32 (autocast off) and the output cast back, like the
+    Triton kernels do. In float16 the eps (1e-6) is subnormal and den**2 underflows to 0 for a query
+    whose phi(q) is 0 or tiny, so autograd's division backward (-grad * num / den**2 = 0/0) and
+    grad / den (1e6 > 65504 = inf, times phi(q) = 0) put NaN into the group's s and KV gradients, i.e.
+    into dk and dv of every key of the group (dq stays finite: ReLU's backward masks q <= 0). In bfloat16
+    the group sums and dk = (v dKV^T + ds) [k > 0], a difference of two large terms when v has a common
+    offset, lose most of their 8 mantissa bits (0.3-0.6 relative dk error).
     """
+    dtype = q.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        with torch.autocast(q.device.type, enabled=False):
+            out = scattered_linear_attention_reference(q.float(), k.float(), v.float(), partition, eps)
+        return out.to(dtype)
+    if torch.is_autocast_enabled(q.device.type):  # einsum would run in the autocast dtype
+        with torch.autocast(q.device.type, enabled=False):
+            return scattered_linear_attention_reference(q, k, v, partition, eps)
     H, Dv = q.shape[1], v.shape[2]
     idx = partition.index
     out_slots = q.new_zeros(partition.num_slots, H, Dv)
