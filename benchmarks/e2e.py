@@ -113,15 +113,15 @@ def published_models() -> dict[str, dict]:
                                 "hybrid_factor": [2, 2, 1], "shift": [6, 6, 0],
                                 "downsample_stride": [[1, 1, 4], [1, 1, 4], [1, 1, 2]]},
                    "backbone_2d": RES_BEV, "head": _waymo_head(True)},
-        # ScatterFormer (ECCV'24), Waymo: same 3D grid, C 128, 8 heads, 3 stages x 2 blocks, 12x12 BEV
-        # windows, CWI kernel 13, z pooling by 4, 4 then height pooling to BEV.
+        # ScatterFormer (ECCV'24), Waymo, the official backbone: same 3D grid, conv stem, C 128, 4 heads, 2 stages
+        # x 3 layers, 12x12 BEV windows, CWI kernel 13, stride-2 conv between the stages, height pooling to BEV
+        # stride 2; the ResBackbone neck back to stride 2 (upsample 1, 2, 4).
         "ScatterFormer": {"type": "Detector", "class_names": WAYMO_CLASSES, "point_cloud_range": WAYMO_RANGE,
                           "voxel_size": [0.32, 0.32, 0.1875],
-                          "vfe": {"type": "DynamicVFE", "num_point_features": 5, "feat_channels": [64, 128]},
-                          "backbone": {"type": "ScatterFormer", "channels": 128, "num_heads": 8,
-                                       "num_blocks": [2, 2, 2], "z_strides": [4, 4], "window": 12,
-                                       "cwi_kernel": 13},
-                          "backbone_2d": RES_BEV, "head": _waymo_head(True)},
+                          "vfe": {"type": "DynamicVFE", "num_point_features": 5, "feat_channels": [32, 64]},
+                          "backbone": {"type": "ScatterFormer", "channels": 128, "num_heads": 4,
+                                       "num_layers": [3, 3], "window": 12},
+                          "backbone_2d": {**RES_BEV, "upsample_strides": [1, 2, 4]}, "head": _waymo_head(True)},
         # SphereFormer-style segmentation (CVPR'23), nuScenes lidarseg: 0.1 m voxels over +-51.2 m.
         "SphereSeg": {"type": "Segmentor", "class_names": NUSC_SEG_CLASSES,
                       "point_cloud_range": [-51.2, -51.2, -5.0, 51.2, 51.2, 3.0], "voxel_size": [0.1, 0.1, 0.1],

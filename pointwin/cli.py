@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pointwin import __version__
 
     parser.add_argument("--version", action="version", version=f"pointwin {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of input errors too (they print as one line otherwise)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="generate synthetic scenes, train a small detector, evaluate, draw pictures")
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="YAML config")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run: 'auto' takes the last good checkpoint in the work dir")
+    p.add_argument("--start-over", action="store_true",
+                   help="with --resume auto: when every checkpoint in the work dir is unreadable, train from "
+                        "scratch and overwrite them (without it, that stops with what was found)")
     p.add_argument("--load-from", type=Path, default=None, help="start from these model weights (fine-tuning)")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation during training")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -178,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- helpers
 def _load_config(path: Path, overrides: list[str], seed: int | None = None, amp: bool = False):
-    from pointwin.config import load_config
+    from pointwin.config import check_top_level_keys, load_config
 
     cfg = load_config(path, overrides)
+    check_top_level_keys(cfg, path)
     if amp:
         cfg.setdefault("train", {})["amp"] = True
     from pointwin.engine.builders import import_modules
@@ -252,7 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.load_from is not None:
             trainer.load_weights(args.load_from)
         if args.resume:
-            trainer.resume(args.resume)
+            trainer.resume(args.resume, start_over=args.start_over)
         metrics = trainer.fit()
         trainer.close()
         if info.is_main and metrics:
@@ -517,20 +523,52 @@ COMMANDS = {"train": cmd_train, "test": cmd_test, "create-data": cmd_create_data
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from pointwin.config import ConfigError
-    from pointwin.engine.checkpoint import CheckpointError
+    import warnings
 
+    from pointwin.errors import PointwinError, PointwinWarning
+
+    collected: list[str] = []
+    show = warnings.showwarning
+
+    def _collect(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+        if issubclass(category, PointwinWarning):
+            collected.append(str(message))
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    debug = getattr(args, "debug", False)
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PointwinWarning)
+            warnings.showwarning = _collect
+            try:
+                return COMMANDS[args.command](args)
+            finally:
+                warnings.showwarning = show
+                _print_warnings(args.command, collected)
     except CLIError as e:
+        if debug:
+            raise
         print(f"pointwin {args.command}: error: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE if "not available yet" in str(e) else EXIT_USAGE
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"pointwin {args.command}: error: {e}", file=sys.stderr)
+    except (PointwinError, FileNotFoundError) as e:  # input errors (ConfigError, CheckpointError, DataError, ...)
+        if debug:
+            raise
+        one_line = " ".join(str(e).split("\n"))
+        print(f"pointwin {args.command}: error: {one_line}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pointwin {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _print_warnings(command: str, messages: list[str]) -> None:
+    """The command's summary of accepted-but-partly-ignored input (each PointwinWarning once, in order)."""
+    unique = list(dict.fromkeys(messages))
+    if unique:
+        print(f"pointwin {command}: {len(unique)} warning(s):", file=sys.stderr)
+        for msg in unique:
+            print(f"pointwin {command}: warning: {msg}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from .errors import PointwinError, did_you_mean
+
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 
@@ -51,8 +53,23 @@ def yaml_load(text: str) -> Any:
         loader.dispose()
 
 
-class ConfigError(ValueError):
+class ConfigError(PointwinError, ValueError):
     """A config file, key or value is wrong; the message names which."""
+
+
+#: Top-level sections a pointwin command config may hold. Keys starting with ``_`` are free for the
+#: user (YAML anchors, notes); anything else is a typo that would otherwise be ignored silently.
+TOP_LEVEL_KEYS = frozenset({"model", "data", "train", "eval", "imports", "class_names", "demo", "export"})
+
+
+def check_top_level_keys(cfg: Mapping, source: str | Path = "config") -> None:
+    """Raise a ConfigError naming every unknown top-level key of a command config (with a did-you-mean)."""
+    unknown = [k for k in cfg if not str(k).startswith("_") and k not in TOP_LEVEL_KEYS]
+    if unknown:
+        parts = [f"{k!r}{did_you_mean(k, TOP_LEVEL_KEYS)}" for k in unknown]
+        raise ConfigError(f"{source}: unknown top-level key(s) {', '.join(parts)}; expected some of "
+                          f"{sorted(TOP_LEVEL_KEYS)} (keys starting with '_' are free for anchors and notes)",
+                          path=source, key=str(unknown[0]))
 
 
 class Config(dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,3 +75,40 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> 
     with atomic_write(path, "w") as f:
         json.dump(obj, f, indent=indent)
     return Path(path)
+
+
+# atomic_path's temporary names: "." + stem + "." + mkstemp's 8 random characters + ".tmp" + suffix
+_TEMP_RE = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}\.tmp(?P<suffix>\.[^.]*)?$")
+
+
+def stale_temporaries(folder: str | os.PathLike, final_name: re.Pattern[str] | None = None) -> list[Path]:
+    """pointwin's own temporary files (see :func:`atomic_path`) directly inside ``folder``.
+
+    A temporary that still exists after its writer ended was left by a killed process. ``final_name``
+    restricts the list to temporaries whose final file name (stem + suffix) it matches in full.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _TEMP_RE.match(p.name)
+        if m is None or not p.is_file():
+            continue
+        if final_name is not None and not final_name.fullmatch(m.group("stem") + (m.group("suffix") or "")):
+            continue
+        found.append(p)
+    return sorted(found)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, final_name: re.Pattern[str] | None = None) -> list[Path]:
+    """Delete :func:`stale_temporaries` of ``folder``; returns what was removed. Call it only when no other
+    process writes into ``folder`` (a run's work dir at the start of the run)."""
+    removed = []
+    for p in stale_temporaries(folder, final_name):
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(p)
+    return removed

@@ -229,16 +229,18 @@ def read_points_file(path: str | os.PathLike, dims: int = 4) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"point file not found: {path}")
+    from pointwin.datasets.base import check_points, read_raw_points
+    from pointwin.errors import DataError
+
     if path.suffix == ".npy":
         pts = np.load(path, allow_pickle=False)
     else:
-        raw = np.fromfile(path, dtype=np.float32)
-        if raw.size % dims:
-            raise ValueError(f"{path}: {raw.size} float32 values is not a multiple of --dims {dims}")
-        pts = raw.reshape(-1, dims)
+        pts = read_raw_points(path, dims, np.float32)
     if pts.ndim != 2 or pts.shape[1] < 3:
-        raise ValueError(f"{path}: expected (N, >=3) points, got shape {pts.shape}")
-    return pts.astype(np.float32, copy=False)
+        raise DataError(f"expected (N, >=3) points, got shape {pts.shape}", path=path)
+    pts = pts.astype(np.float32, copy=False)
+    check_points(pts, path)
+    return pts
 
 
 def _import_open3d() -> Any:

@@ -209,6 +209,22 @@ def test_tools_wrapper_accepts_openpcdet_cfg_file_flag(tiny_yaml, tmp_path):
         sys.path.pop(0)
     assert translate(["--cfg_file", "a.yaml", "--seed", "1"]) == ["a.yaml", "--seed", "1"]
     assert translate(["--cfg_file=a.yaml"]) == ["a.yaml"]
+    notes = []
+    argv = ["--cfg_file", "cfgs/x.yaml", "--batch_size", "4", "--epochs=3", "--workers", "2", "--pretrained_model",
+            "p.pth", "--extra_tag", "ft", "--sync_bn", "--fix_random_seed"]
+    assert translate(argv, "train", notes.append) == [
+        "cfgs/x.yaml", "--set", "train.batch_size=4", "--set", "train.epochs=3", "--set", "train.num_workers=2",
+        "--load-from", "p.pth", "--set", "train.sync_bn=true", "--work-dir", "work_dirs/x/ft"]
+    assert "tools/train.py: --batch_size 4 -> --set train.batch_size=4" in notes and len(notes) == 7
+    assert translate(["a.yaml", "--ckpt", "c.pth", "--batch_size", "2"], "test", notes.append) == [
+        "a.yaml", "--ckpt", "c.pth", "--set", "train.eval_batch_size=2"]
+    with pytest.raises(SystemExit, match="instead: torchrun --master_port PORT"):
+        translate(["a.yaml", "--tcp_port", "1234"], "train", notes.append)
+    with pytest.raises(SystemExit, match="--epochs has no meaning for pointwin test"):
+        translate(["a.yaml", "--epochs", "3"], "test", notes.append)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "--cfg_file", str(tiny_yaml),
+                        "--launcher", "pytorch"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "OpenPCDet's --launcher is not a pointwin flag" in r.stderr
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "pointwin train" in r.stdout

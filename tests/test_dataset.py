@@ -25,7 +25,7 @@ def test_points_round_trip_npy_and_bin(tmp_path):
     np.testing.assert_array_equal(load_points(tmp_path / "a.bin", 4), arr)
     assert (tmp_path / "a.bin").stat().st_size == 24 * 4
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
-    with pytest.raises(ValueError, match="multiple of 5"):
+    with pytest.raises(ValueError, match="a.bin: size 96 bytes is not a multiple of 20 bytes per point"):
         load_points(tmp_path / "a.bin", 5)
     with pytest.raises(ValueError, match="3 columns"):
         load_points(tmp_path / "a.npy", 3)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from pointwin.models.backbones3d import DSVT, FlatFormer, ScatterFormer, SphereSeg
+from pointwin.models.backbones3d import DSVT, FlatFormer, ScatterFormer, ScatterFormerLite, SphereSeg
 from pointwin.models.bev import scatter_to_bev
 from pointwin.models.vfe import DynamicPillarVFE, DynamicVFE
 from pointwin.structures import Points, SparseVoxels
@@ -40,7 +40,9 @@ CASES = {
     "dsvt_pillar": (lambda: DSVT(8, 16, 2, 32, 8, 2, (4, 4, 1)), (1, 24, 24), (70, 13)),
     "dsvt_voxel": (lambda: DSVT(8, 16, 2, 32, 8, 2, [(4, 4, 8), (4, 4, 2)], downsample_stride=[(1, 1, 4)]),
                    (8, 16, 16), (90, 20)),
-    "scatterformer": (lambda: ScatterFormer(8, 16, 2, [2, 1], [2], window=4, cwi_kernel=5), (4, 16, 16), (80, 15)),
+    "scatterformer": (lambda: ScatterFormer(8, 16, 2, [2, 1], window=4, pool_heads=2), (4, 16, 16), (80, 15)),
+    "scatterformer_lite": (lambda: ScatterFormerLite(8, 16, 2, [2, 1], [2], window=4, cwi_kernel=5), (4, 16, 16),
+                           (80, 15)),
     "sphereseg": (lambda: SphereSeg(8, (16, 16), (2, 2), (0, 1), (4, 4, 4), (15.0, 15.0, 3.0)), (6, 12, 12),
                   (90, 20)),
 }
@@ -262,7 +264,7 @@ def test_sinusoidal_encoding_hand_worked():
     torch.testing.assert_close(enc[0], torch.tensor(expected), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["flatformer", "dsvt_pillar", "scatterformer"])
+@pytest.mark.parametrize("name", ["flatformer", "dsvt_pillar", "scatterformer", "scatterformer_lite"])
 def test_grad_checkpointing_gives_the_same_gradients(name):
     model, shape, counts = build(name)
     voxels = random_voxels(shape, counts, 8, seed=4)
@@ -348,7 +350,8 @@ def test_sphere_attention_radial_heads_use_pairwise_range_bias():
 
 
 @pytest.mark.parametrize("backbone", [
-    dict(type="ScatterFormer", channels=16, num_heads=2, num_blocks=[1, 1], z_strides=[2], window=4, cwi_kernel=3,
+    dict(type="ScatterFormer", channels=16, num_heads=2, num_layers=[1, 1], window=4, pool_heads=2),
+    dict(type="ScatterFormerLite", channels=16, num_heads=2, num_blocks=[1, 1], z_strides=[2], window=4, cwi_kernel=3,
          pool_heads=2),
     dict(type="DSVT", channels=16, num_heads=2, ffn_channels=32, set_size=8, num_blocks=1, window=[4, 4, 4]),
 ])

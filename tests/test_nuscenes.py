@@ -340,7 +340,7 @@ def test_real_ten_sweep_cloud():
     assert len(values) == 10  # the keyframe + 9 sweeps
     np.testing.assert_allclose(values, np.arange(10) * 0.05, atol=2e-3)  # 20 Hz sweeps
     assert counts[0] == counts.max()  # the keyframe keeps its near-ego points, sweeps lose them
-    with pytest.raises(ValueError, match="not a multiple of 3"):
+    with pytest.raises(ValueError, match="not a multiple of 6 bytes per point \\(3 x float16\\)"):
         load_lidar_points(shared_file(SWEEPS10), num_channels=3, dtype=np.float16)
 
 

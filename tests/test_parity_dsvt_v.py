@@ -191,12 +191,13 @@ def test_reference_pool_backward_and_full_cells_agree_on_the_query():
 # ------------------------------------------------------------------ argument validation
 
 def test_attention_pool_rejects_unknown_mode():
-    with pytest.raises(ValueError, match=r"mode must be one of \['masked', 'reference'\], got 'official'"):
+    with pytest.raises(ValueError,
+                       match=r"mode must be one of \['masked', 'reference', 'scatterformer'\], got 'official'"):
         AttentionPool(8, (1, 1, 2), mode="official")
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"pool_mode": "dense"}, r"pool_mode must be one of \['masked', 'reference'\], got 'dense'"),
+    ({"pool_mode": "dense"}, r"pool_mode must be one of \['masked', 'reference', 'scatterformer'\], got 'dense'"),
     ({"shift_counter": "per_block"}, r"shift_counter must be one of \['global', 'per_stage'\], got 'per_block'"),
 ])
 def test_dsvt_rejects_unknown_flags(kwargs, match):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from ..fileio import atomic_write
 from ..registry import Registry
 from ..structures import Boxes3D, Sample
@@ -74,24 +75,85 @@ def save_points(path: str | os.PathLike, array: np.ndarray) -> None:
             f.write(array.astype(np.float32).tobytes())
 
 
-def load_points(path: str | os.PathLike, num_channels: int | None = None) -> np.ndarray:
-    """Read a ``.npy`` array or a raw float32 ``.bin`` file of ``num_channels`` columns as float32 (N, C)."""
+#: Largest plausible |x|, |y|, |z| of a LiDAR point in metres. Beyond it the file was read with the wrong
+#: dtype or column count (a float64 file read as float32 gives values like 3.7e19).
+MAX_ABS_COORD = 1e4
+
+
+def read_raw_points(path: str | os.PathLike, num_channels: int, dtype: Any = np.float32,
+                    channels: Sequence[str] | None = None, max_abs_coord: float | None = MAX_ABS_COORD) -> np.ndarray:
+    """A raw point file (``.bin``: ``num_channels`` values of ``dtype`` per point, no header) as (N, C) ``dtype``.
+
+    Raises :class:`~pointwin.errors.DataError` naming the file when its size in bytes is not a multiple of
+    ``itemsize * num_channels``, and (see :func:`check_points`) when a value is non-finite or a coordinate
+    is implausible.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: point file not found")
+    dt = np.dtype(dtype)
+    row = dt.itemsize * int(num_channels)
+    size = path.stat().st_size
+    if size % row:
+        names = f" ({', '.join(channels)})" if channels else ""
+        raise DataError(f"size {size} bytes is not a multiple of {row} bytes per point ({num_channels} x "
+                        f"{dt.name}{names}); {size % row} trailing byte(s): the file is truncated or has another "
+                        f"layout", path=path, offset=size - size % row)
+    arr = np.fromfile(path, dtype=dt).reshape(-1, num_channels)
+    check_points(arr, path, channels, max_abs_coord, dtype_note=f"{dt.name} x {num_channels}")
+    return arr
+
+
+def check_points(arr: np.ndarray, path: str | os.PathLike, channels: Sequence[str] | None = None,
+                 max_abs_coord: float | None = MAX_ABS_COORD, dtype_note: str | None = None) -> None:
+    """Every value finite and ``|x|, |y|, |z| <= max_abs_coord``; else a DataError naming file, row and column."""
+    if arr.size == 0:
+        return
+    names = list(channels) if channels is not None else ["x", "y", "z"] + [f"column {i}" for i in
+                                                                         range(3, arr.shape[1])]
+    finite = np.isfinite(arr)
+    if not finite.all():
+        r, c = (int(v) for v in np.argwhere(~finite)[0])
+        count = int((~finite).sum())
+        raise DataError(f"column {names[c]!r} of point {r} is {arr[r, c]} ({count} non-finite value(s) in the "
+                        f"file); expected finite numbers", path=path, key=names[c])
+    if max_abs_coord is not None:
+        big = np.abs(arr[:, :3]) > max_abs_coord
+        if big.any():
+            r, c = (int(v) for v in np.argwhere(big)[0])
+            read = f" read as {dtype_note}" if dtype_note else ""
+            raise DataError(f"point {r} has {names[c]} = {float(arr[r, c]):.6g}, beyond the plausible "
+                            f"+-{max_abs_coord:g} m ({int(big.any(1).sum())} such point(s)); the file{read} probably "
+                            f"has another dtype (e.g. float64) or column count", path=path, key=names[c])
+
+
+def load_points(path: str | os.PathLike, num_channels: int | None = None,
+                channels: Sequence[str] | None = None) -> np.ndarray:
+    """Read a ``.npy`` array or a raw float32 ``.bin`` file of ``num_channels`` columns as float32 (N, C).
+
+    The values are checked by :func:`check_points` (finite, coordinates within +-1e4 m); errors are
+    :class:`~pointwin.errors.DataError` naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: point file not found")
     if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as e:
+            raise DataError(f"not a readable .npy array ({e})", path=path) from None
         if arr.ndim != 2 or (num_channels is not None and arr.shape[1] != num_channels):
-            raise ValueError(f"{path}: expected a 2-D array with {num_channels or 'C'} columns, got {arr.shape}")
-        return arr.astype(np.float32, copy=False)
+            raise DataError(f"expected a 2-D array with {num_channels or 'C'} columns, got {arr.shape}", path=path)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise DataError(f"expected a numeric array, got dtype {arr.dtype}", path=path)
+        arr = arr.astype(np.float32, copy=False)
+        check_points(arr, path, channels)
+        return arr
     if path.suffix == ".bin":
         if num_channels is None:
-            raise ValueError(f"{path}: reading a .bin file needs num_channels")
-        raw = np.fromfile(path, dtype=np.float32)
-        if raw.size % num_channels:
-            raise ValueError(f"{path}: {raw.size} float32 values is not a multiple of {num_channels} channels")
-        return raw.reshape(-1, num_channels)
-    raise ValueError(f"{path}: point files must end in .npy or .bin")
+            raise DataError("reading a .bin file needs num_channels", path=path)
+        return read_raw_points(path, num_channels, np.float32, channels)
+    raise DataError("point files must end in .npy or .bin", path=path)
 
 
 def read_infos(path: str | os.PathLike) -> dict[str, Any]:
@@ -184,7 +246,7 @@ class InfoDataset(PointDataset):
     def get_sample(self, index: int) -> Sample:
         fr = self.frames[index]
         ppath = self.root / fr["points_path"]
-        points = load_points(ppath, len(self.channels))
+        points = load_points(ppath, len(self.channels), self.channels)
         if "num_points" in fr and len(points) != fr["num_points"]:
             raise ValueError(f"{ppath}: has {len(points)} points but {self.info_path} says {fr['num_points']}")
         meta = dict(fr.get("meta", {}))

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError, PointwinWarning, did_you_mean
 from ..structures import Boxes3D, Sample
 from ._raycast import points_in_boxes_np
-from .base import DATASETS, PointDataset, atomic_write_json
+from .base import DATASETS, PointDataset, atomic_write_json, read_raw_points
 
 KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
 CHANNELS = ("x", "y", "z", "intensity")
@@ -72,17 +75,18 @@ def read_calib(path: str | os.PathLike) -> KittiCalib:
             continue
         key, sep, rest = line.partition(":")
         if not sep:
-            raise ValueError(f"{path}:{lineno}: expected 'key: numbers', got {line!r}")
+            raise DataError(f"{path}:{lineno}: expected 'key: numbers', got {line!r}", path=path, line=lineno)
         try:
             values[key.strip()] = np.array([float(v) for v in rest.split()], np.float64)
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: {key.strip()} has a non-numeric value") from None
+            raise DataError(f"{path}:{lineno}: {key.strip()} has a non-numeric value", path=path, line=lineno,
+                            key=key.strip()) from None
 
     def need(key: str, n: int) -> np.ndarray:
         if key not in values:
-            raise ValueError(f"{path}: missing {key} (found {sorted(values)})")
+            raise DataError(f"{path}: missing {key} (found {sorted(values)})", path=path, key=key)
         if values[key].size != n:
-            raise ValueError(f"{path}: {key} must have {n} numbers, got {values[key].size}")
+            raise DataError(f"{path}: {key} must have {n} numbers, got {values[key].size}", path=path, key=key)
         return values[key]
 
     p2 = need("P2", 12).reshape(3, 4)
@@ -117,33 +121,51 @@ class KittiObject:
         return -1
 
 
-def read_label(path: str | os.PathLike) -> list[KittiObject]:
-    """Parse a ``label_2/*.txt`` file; rows need 15 fields (16 with a score)."""
+def read_label(path: str | os.PathLike, unknown: list[tuple[str, int, str]] | None = None) -> list[KittiObject]:
+    """Parse a ``label_2/*.txt`` file; rows need 15 fields (16 with a score).
+
+    A row whose class is neither a KITTI class nor ``DontCare`` (a typo such as ``Pedestrain``) is kept
+    (no dataset class matches it, so it is dropped later); it is appended to ``unknown`` as
+    ``(file, line, class)`` when a list is given, else a :class:`~pointwin.errors.PointwinWarning` names it.
+    """
     path = Path(path)
     objs = []
+    found: list[tuple[str, int, str]] = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         f = line.split()
         if not f:
             continue
         if len(f) not in (15, 16):
-            raise ValueError(f"{path}:{lineno}: a KITTI label row has 15 fields (16 with score), got {len(f)}")
+            raise DataError(f"{path}:{lineno}: a KITTI label row has 15 fields (16 with score), got {len(f)}",
+                            path=path, line=lineno)
         try:
             v = [float(x) for x in f[1:]]
         except ValueError:
-            raise ValueError(f"{path}:{lineno}: non-numeric field in {line!r}") from None
+            raise DataError(f"{path}:{lineno}: non-numeric field in {line!r}", path=path, line=lineno) from None
+        if f[0] not in KITTI_CLASSES and f[0] != "DontCare":
+            found.append((str(path), lineno, f[0]))
         objs.append(KittiObject(type=f[0], truncated=v[0], occluded=int(v[1]), alpha=v[2], bbox=tuple(v[3:7]),
                                 dimensions=tuple(v[7:10]), location=tuple(v[10:13]), rotation_y=v[13],
                                 score=v[14] if len(v) == 15 else None))
+    if unknown is not None:
+        unknown.extend(found)
+    elif found:
+        warnings.warn(_unknown_class_message(found), PointwinWarning, stacklevel=2)
     return objs
+
+
+def _unknown_class_message(found: list[tuple[str, int, str]]) -> str:
+    counts = Counter(name for _, _, name in found)
+    names = ", ".join(f"{n!r} x{c}{did_you_mean(n, KITTI_CLASSES)}" for n, c in counts.items())
+    files = sorted({p for p, _, _ in found})
+    first = f"{found[0][0]}:{found[0][1]}"
+    return (f"{len(found)} KITTI label row(s) in {len(files)} file(s) have an unknown class and are dropped: "
+            f"{names}; first at {first} (KITTI classes: {', '.join(KITTI_CLASSES)}, DontCare)")
 
 
 def read_velodyne(path: str | os.PathLike) -> np.ndarray:
     """float32 (N, 4) x, y, z, reflectance from a raw velodyne ``.bin``."""
-    path = Path(path)
-    raw = np.fromfile(path, dtype=np.float32)
-    if raw.size % 4:
-        raise ValueError(f"{path}: {raw.size} float32 values is not a multiple of 4 (x, y, z, reflectance)")
-    return raw.reshape(-1, 4)
+    return read_raw_points(path, 4, np.float32, CHANNELS)
 
 
 def camera_boxes_to_lidar(objects: Sequence[KittiObject], calib: KittiCalib) -> np.ndarray:
@@ -215,6 +237,8 @@ class KittiDataset(PointDataset):
                 frame_ids = sorted(p.stem for p in (self.dir / "velodyne").glob("*.bin"))
         self.frame_ids = list(frame_ids)
         self.has_labels = (self.dir / "label_2").is_dir()
+        #: (file, line, class) of label rows with an unknown class; None: warn per file as they are read
+        self.unknown_labels: list[tuple[str, int, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -226,7 +250,8 @@ class KittiDataset(PointDataset):
         meta: dict[str, Any] = {}
         if self.has_labels:
             calib = read_calib(self.dir / "calib" / f"{fid}.txt")
-            objs = [o for o in read_label(self.dir / "label_2" / f"{fid}.txt") if o.type in self.class_names]
+            objs = [o for o in read_label(self.dir / "label_2" / f"{fid}.txt", self.unknown_labels)
+                    if o.type in self.class_names]
             arr = camera_boxes_to_lidar(objs, calib).astype(np.float32)
             boxes = Boxes3D(torch.from_numpy(arr.reshape(-1, 7)))
             labels = torch.tensor([self.class_names.index(o.type) for o in objs], dtype=torch.long)
@@ -235,6 +260,21 @@ class KittiDataset(PointDataset):
                     "bbox": [list(o.bbox) for o in objs]}
         return Sample(points=torch.from_numpy(points), channels=CHANNELS, frame_id=fid, boxes=boxes, labels=labels,
                       meta=meta)
+
+    def evaluate(self, results: Sequence, **kwargs) -> dict[str, float]:
+        """The official KITTI metric of ``results`` (one Detections per frame, LiDAR frame, labels indexing
+        ``class_names``) against the frames' whole ``label_2`` files: keys
+        ``"<Class>/<bbox|bev|3d|aos>@<iou>/<easy|moderate|hard>/<R11|R40>"`` and
+        ``"mAP/<metric>@strict/moderate/<R11|R40>"``, in percent (see :mod:`pointwin.evaluation.kitti`)."""
+        from ..evaluation.kitti import evaluate_dataset
+
+        return evaluate_dataset(self, results, **kwargs)
+
+    def format_results(self, results: Sequence, path: str | os.PathLike) -> Path:
+        """Write ``results`` as KITTI result files ``<path>/<frame_id>.txt`` (16 fields, the score last)."""
+        from ..evaluation.kitti import dataset_detections, write_kitti_results
+
+        return write_kitti_results(dataset_detections(self, results), path)
 
 
 def create_kitti_infos(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -260,6 +300,7 @@ def create_kitti_infos(root: str | os.PathLike, out_dir: str | os.PathLike | Non
     for sp in splits:
         ds = KittiDataset(root, split=None if sp == "all" else sp, class_names=KITTI_CLASSES)
         frames = []
+        ds.unknown_labels = []
         for i in tqdm(range(len(ds)), desc=f"kitti {sp}", disable=not progress):
             sample = ds.get_sample(i)
             velo = ds.dir / "velodyne" / f"{ds.frame_ids[i]}.bin"
@@ -272,6 +313,8 @@ def create_kitti_infos(root: str | os.PathLike, out_dir: str | os.PathLike | Non
                 frame["labels"] = [KITTI_CLASSES[k] for k in sample.labels.tolist()]
                 frame["meta"] = {**sample.meta, "num_lidar_pts": [int(c) for c in counts]}
             frames.append(frame)
+        if ds.unknown_labels:
+            warnings.warn(f"kitti {sp}: " + _unknown_class_message(ds.unknown_labels), PointwinWarning, stacklevel=2)
         path = out / f"kitti_infos_{sp}.json"
         atomic_write_json(path, {"format": "pointwin.infos", "version": 1, "dataset": "kitti", "split": sp,
                                  "class_names": list(KITTI_CLASSES), "channels": list(CHANNELS), "frames": frames})

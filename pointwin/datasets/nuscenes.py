@@ -398,12 +398,14 @@ def create_nuscenes_infos(root: str | os.PathLike, version: str = "v1.0-trainval
 # ---- points -----------------------------------------------------------------------------------------------
 def load_lidar_points(path: str | os.PathLike, num_channels: int = 5, dtype: np.dtype | type = np.float32,
                       ) -> np.ndarray:
-    """A raw LiDAR file (``.pcd.bin``: float32 x 5) as float32 (N, num_channels)."""
-    raw = np.fromfile(path, dtype=dtype)
-    if raw.size % num_channels:
-        raise ValueError(f"{path}: {raw.size} {np.dtype(dtype).name} values are not a multiple of "
-                         f"{num_channels} channels")
-    return raw.reshape(-1, num_channels).astype(np.float32)
+    """A raw LiDAR file (``.pcd.bin``: float32 x 5) as float32 (N, num_channels).
+
+    A size that is not a whole number of points, a non-finite value or a coordinate beyond +-1e4 m raises
+    :class:`~pointwin.errors.DataError` naming the file (see :func:`pointwin.datasets.base.read_raw_points`).
+    """
+    from .base import read_raw_points
+
+    return read_raw_points(path, num_channels, dtype).astype(np.float32)
 
 
 def aggregate_sweeps(root: str | os.PathLike, info: dict, num_sweeps: int = 10, remove_close: float = 1.0,

@@ -10,11 +10,18 @@ Layout of a checkpoint::
     {"format": "pointwin-ckpt-1", "model": state_dict, "optimizer": ..., "scheduler": ...,
      "scaler": ..., "epoch": int (epochs finished), "iteration": int (optimizer steps done),
      "epoch_iter": int (batches consumed in the current epoch), "rng": {...}, "config": yaml str,
-     "meta": {...}}
+     "meta": {...}, "content_sha256": str}
+
+``content_sha256`` is a SHA-256 over every key and value of the other entries (tensor dtype, shape and
+bytes; numbers and strings by value), computed when the file is written and checked when it is read:
+one changed byte in a tensor, or in any number, raises :class:`CheckpointIntegrityError` instead of
+loading silently, and ``--resume auto`` falls back to the previous good checkpoint. Files written before
+the hash existed (no ``content_sha256`` key) load as before.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import warnings
@@ -24,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import PointwinError
 from ..fileio import atomic_write
 
 FORMAT = "pointwin-ckpt-1"
@@ -31,8 +39,47 @@ LATEST = "latest.pth"
 _EPOCH_RE = re.compile(r"^epoch_(\d+)(?:_iter_(\d+))?\.pth$")
 
 
-class CheckpointError(RuntimeError):
+HASH_KEY = "content_sha256"
+
+
+class CheckpointError(PointwinError, RuntimeError):
     """A checkpoint file is missing, unreadable or does not fit the model; the message names the file."""
+
+
+class CheckpointIntegrityError(CheckpointError):
+    """The content hash stored in a checkpoint does not match its content: the file was changed or damaged."""
+
+
+def _feed(h: Any, obj: Any) -> None:
+    """Hash ``obj`` (the types a weights-only checkpoint holds) with its structure, deterministically."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}|".encode())
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}|".encode())
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, (bytes, bytearray)):
+        h.update(f"B{len(obj)}|".encode() + bytes(obj))
+    elif obj is None or isinstance(obj, (bool, int, float, str, torch.dtype, torch.device, torch.Size)):
+        text = repr(obj).encode()  # repr of a float round-trips exactly
+        h.update(f"S{type(obj).__name__}{len(text)}|".encode() + text)
+    else:
+        raise TypeError(f"cannot hash a {type(obj).__name__} in a checkpoint")
+
+
+def content_hash(state: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a checkpoint dict, ignoring its ``content_sha256`` entry."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != HASH_KEY})
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- RNG state as tensors
@@ -97,6 +144,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         "config": config,
         "meta": meta or {},
     }
+    state[HASH_KEY] = content_hash(state)
     return atomic_torch_save(state, path)
 
 
@@ -121,6 +169,17 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
             return {"model": state}
         raise CheckpointError(f"checkpoint {path} is not a pointwin checkpoint (format={state.get('format')!r}) "
                               "nor a plain state dict")
+    stored = state.get(HASH_KEY)
+    if stored is not None:
+        try:
+            actual = content_hash(state)
+        except TypeError as e:
+            raise CheckpointIntegrityError(f"checkpoint {path}: {e}", path=path) from None
+        if actual != stored:
+            raise CheckpointIntegrityError(
+                f"checkpoint {path} is damaged: its content hash is {actual[:16]}..., the hash stored when it was "
+                f"written is {str(stored)[:16]}... (a byte changed after writing; use an earlier checkpoint)",
+                path=path, key=HASH_KEY)
     return state
 
 
@@ -150,9 +209,11 @@ def list_checkpoints(work_dir: str | Path) -> list[Path]:
     return sorted(found, key=checkpoint_sort_key, reverse=True)
 
 
-def find_resume_checkpoint(work_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
+def find_resume_checkpoint(work_dir: str | Path,
+                           skipped: list[str] | None = None) -> tuple[Path, dict[str, Any]] | None:
     """The last good checkpoint in ``work_dir``: ``latest.pth`` (always written last) and then ``epoch_*.pth``
-    from the newest down; an unreadable file is skipped with a warning. None if there is none."""
+    from the newest down; an unreadable or damaged file is skipped with a warning (and its error message
+    appended to ``skipped`` when given). None if there is none."""
     work_dir = Path(work_dir)
     candidates = ([work_dir / LATEST] if (work_dir / LATEST).is_file() else []) + list_checkpoints(work_dir)
     for path in candidates:
@@ -160,7 +221,11 @@ def find_resume_checkpoint(work_dir: str | Path) -> tuple[Path, dict[str, Any]] 
             state = load_checkpoint_file(path)
         except CheckpointError as e:
             warnings.warn(f"skipping unreadable checkpoint: {e}", stacklevel=2)
+            if skipped is not None:
+                skipped.append(str(e))
             continue
         if state.get("format") == FORMAT:
             return path, state
+        if skipped is not None:
+            skipped.append(f"{path}: holds model weights only (no training state)")
     return None

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import shutil
 import sys
 import time
@@ -34,10 +35,11 @@ from torch.utils.data import DataLoader, Dataset
 from pointwin.config import ConfigError, to_plain
 from pointwin.structures import Boxes3D, Detections, collate
 
-from ..fileio import atomic_path, write_text
+from ..fileio import atomic_path, remove_stale_temporaries, write_text
 from . import dist
 from .checkpoint import (
     LATEST,
+    CheckpointError,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint_file,
@@ -45,6 +47,10 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+
+#: Final names of the files a run writes into its work dir (their stale temporaries are removed at start).
+_WORK_DIR_FILES = re.compile(r"latest\.pth|epoch_\d+(_iter_\d+)?\.pth|config\.yaml|metrics_epoch_\d+\.json"
+                             r"|log\.jsonl|test_\w+_metrics\.json")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,8 +100,8 @@ class TrainSettings:
             raise ConfigError(f"train.schedule must be onecycle, cosine or constant, got {s.schedule!r}")
         if s.epochs < 1 or s.batch_size < 1:
             raise ConfigError(f"train.epochs and train.batch_size must be >= 1, got {s.epochs}, {s.batch_size}")
-        if s.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {s.lr}")
+        if not (isinstance(s.lr, (int, float)) and math.isfinite(s.lr) and s.lr > 0):
+            raise ConfigError(f"train.lr must be a finite number > 0, got {s.lr!r}", key="train.lr")
         return s
 
 
@@ -198,6 +204,26 @@ class RunLogger:
                 skip = k in ("epoch", "iter", "mode", "wall")
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and not skip:
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def truncate_after(self, iteration: int) -> int:
+        """Drop the records of steps after ``iteration`` (and a line torn by a kill), so that a resumed run
+        does not log those steps twice; returns the number of lines dropped."""
+        if not self.enabled or not self.path.is_file():
+            return 0
+        keep, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(rec, dict) and int(rec.get("iter", 0) or 0) > iteration:
+                dropped += 1
+                continue
+            keep.append(line)
+        if dropped:
+            write_text(self.path, "".join(f"{ln}\n" for ln in keep))
+        return dropped
 
     def print(self, text: str) -> None:
         if self.enabled:
@@ -307,6 +333,11 @@ class Trainer:
         self.collate_fn = collate_fn
         self.train_set, self.val_set, self.evaluate_fn = train_set, val_set, evaluate_fn
         self.logger = RunLogger(self.work_dir, self.info.is_main)
+        if self.info.is_main:  # temporaries a killed run left (a full-size .latest.*.tmp.pth, ...)
+            removed = remove_stale_temporaries(self.work_dir, _WORK_DIR_FILES)
+            if removed:
+                self.logger.print(f"removed {len(removed)} stale temporary file(s) of an interrupted run in "
+                                  f"{self.work_dir}")
         set_seed(seed + self.info.rank)
 
         self.model = model.to(self.device)
@@ -371,12 +402,26 @@ class Trainer:
             return path
         return save_checkpoint(latest, self.model, self.optimizer, self.scheduler, self.scaler, **kw)
 
-    def resume(self, resume: str | Path) -> bool:
-        """Continue from a checkpoint: ``"auto"`` takes the last good one in the work dir (none: fresh start)."""
+    def resume(self, resume: str | Path, start_over: bool = False) -> bool:
+        """Continue from a checkpoint: ``"auto"`` takes the last good one in the work dir.
+
+        With ``"auto"`` and no checkpoint at all, training starts from scratch. When checkpoints exist but
+        none is readable (truncated, damaged, weights only), a :class:`CheckpointError` lists them, unless
+        ``start_over`` (``pointwin train --start-over``) says to start from scratch and overwrite them.
+        """
         if str(resume) == "auto":
-            found = find_resume_checkpoint(self.work_dir)
+            skipped: list[str] = []
+            found = find_resume_checkpoint(self.work_dir, skipped)
+            if found is None and skipped and not start_over:
+                raise CheckpointError(
+                    f"--resume auto: {len(skipped)} checkpoint(s) in {self.work_dir} and none is usable: "
+                    + "; ".join(skipped)
+                    + ". Pass --start-over to train from scratch and overwrite them, or --resume PATH to "
+                      "name a good copy", path=self.work_dir)
             if found is None:
-                self.logger.print(f"resume=auto: no checkpoint in {self.work_dir}; starting from scratch")
+                what = f"no usable checkpoint ({len(skipped)} skipped)" if skipped else "no checkpoint"
+                self.logger.print(f"resume=auto: {what} in {self.work_dir}; starting from scratch")
+                self.logger.truncate_after(0)
                 return False
             path, state = found
         else:
@@ -405,6 +450,7 @@ class Trainer:
         elif self.epoch_iter:
             warnings.warn(f"resuming mid-epoch with {self.info.world_size} processes from a checkpoint written "
                           f"by {world}; the data order of this epoch will differ", stacklevel=2)
+        self.logger.truncate_after(self.iteration)  # the steps after the checkpoint run (and are logged) again
         self.logger.print(f"resumed from {path} (epoch {self.epoch}, step {self.iteration})")
         return True
 
@@ -515,7 +561,7 @@ class Trainer:
         if self.info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
             if self.config_text:
-                (self.work_dir / "config.yaml").write_text(self.config_text)
+                write_text(self.work_dir / "config.yaml", self.config_text)
         metrics = None
         self.logger.print(f"training {type(self.model).__name__} on {self.device} x{self.info.world_size}: "
                           f"{self.s.epochs} epochs x {self.iters_per_epoch} steps, global batch "

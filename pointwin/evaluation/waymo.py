@@ -30,11 +30,13 @@ assignment per frame and cut-off) reproduces pointwin's counts exactly.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import EvaluationError, PointwinWarning
 from ..fileio import write_bytes
 from .detection import (
     SCORE_CUTOFFS,
@@ -237,10 +239,14 @@ def _frame_key(obj) -> tuple:
     return (obj.context_name, int(obj.camera_name), int(obj.frame_timestamp_micros))
 
 
-def objects_from_proto(objects, frame_index: dict | None = None) -> WaymoObjects:
+def objects_from_proto(objects, frame_index: dict | None = None, path: str | os.PathLike | None = None,
+                       role: str | None = None) -> WaymoObjects:
     """Arrays from a ``metrics.Objects`` message; ``frame_index`` (key -> int) is extended in place.
 
-    Use the same ``frame_index`` for predictions and ground truths so that their frames line up.
+    Use the same ``frame_index`` for predictions and ground truths so that their frames line up. Every box
+    must be finite with length, width and height > 0; with ``role="predictions"`` every score must be a
+    finite number in [0, 1]. The first object breaking a rule raises :class:`EvaluationError` naming
+    ``path``, the object's index and its frame.
     """
     frame_index = {} if frame_index is None else frame_index
     objs = objects.objects
@@ -266,14 +272,44 @@ def objects_from_proto(objects, frame_index: dict | None = None) -> WaymoObjects
         npts[i] = lab.num_lidar_points_in_box
         diff[i] = lab.detection_difficulty_level
         nlz[i] = o.overlap_with_nlz
+    _check_objects(objs, boxes, scores if role == "predictions" else None, path or "<Objects message>",
+                   role or "objects")
     keys = [None] * len(frame_index)
     for k, v in frame_index.items():
         keys[v] = k
     return WaymoObjects(frame, boxes, types, scores, npts, diff, nlz, keys)
 
 
-def read_objects(path: str | os.PathLike, frame_index: dict | None = None) -> WaymoObjects:
-    """Read a ``metrics.Objects`` ``.bin`` file (official ``gt.bin`` or a submission)."""
+def _check_objects(objs, boxes: np.ndarray, scores: np.ndarray | None, path, role: str) -> None:
+    """EvaluationError for the first object with a non-finite box, a size <= 0 or (predictions) a bad score."""
+    bad_box = ~np.isfinite(boxes).all(1)
+    bad_size = ~bad_box & (boxes[:, 3:6] <= 0).any(1)
+    bad_score = np.zeros(len(boxes), bool) if scores is None else ~(np.isfinite(scores) & (scores >= 0)
+                                                                      & (scores <= 1))
+    bad = bad_box | bad_size | bad_score
+    if not bad.any():
+        return
+    i = int(np.argmax(bad))
+    key = _frame_key(objs[i])
+    if bad_box[i]:
+        what = f"box {boxes[i].tolist()} is not finite (expected finite center, size and heading)"
+    elif bad_size[i]:
+        what = (f"box size (length, width, height) = {boxes[i, 3:6].tolist()}; every size must be > 0")
+    else:
+        what = f"score = {float(scores[i])}; scores must be finite numbers in [0, 1]"
+    counts = [f"{int(m.sum())} {name}" for m, name in ((bad_box, "non-finite box(es)"),
+                                                       (bad_size, "size(s) <= 0"), (bad_score, "bad score(s)"))
+              if m.any()]
+    raise EvaluationError(f"{role}: object {i} (frame context_name={key[0]!r}, camera_name={key[1]}, "
+                          f"timestamp_micros={key[2]}): {what} ({', '.join(counts)} of {len(boxes)} objects)",
+                          path=path, key=f"objects[{i}]")
+
+
+def read_objects(path: str | os.PathLike, frame_index: dict | None = None, role: str | None = None) -> WaymoObjects:
+    """Read a ``metrics.Objects`` ``.bin`` file (official ``gt.bin`` or a submission).
+
+    ``role="predictions"`` also checks the scores (see :func:`objects_from_proto`).
+    """
     from google.protobuf.message import DecodeError
 
     from pointwin.datasets.waymo.proto import Objects
@@ -283,17 +319,51 @@ def read_objects(path: str | os.PathLike, frame_index: dict | None = None) -> Wa
     try:
         msg.ParseFromString(data)
     except DecodeError as e:
-        raise ValueError(f"{path}: not a waymo.open_dataset.Objects protobuf ({e})") from e
-    return objects_from_proto(msg, frame_index)
+        raise EvaluationError(f"{path}: not a waymo.open_dataset.Objects protobuf ({e})", path=path) from None
+    return objects_from_proto(msg, frame_index, path, role)
+
+
+def input_warnings(pred: WaymoObjects, gt: WaymoObjects, pred_path: str | os.PathLike = "predictions",
+                   gt_path: str | os.PathLike = "ground truth") -> list[str]:
+    """What is accepted but probably wrong: prediction frames without ground truth, duplicated ground truth.
+
+    Frames are compared by index, so ``pred`` and ``gt`` must share one frame index (as in
+    :func:`evaluate_files`).
+    """
+    out = []
+    p_frames, g_frames = np.unique(pred.frame), np.unique(gt.frame)
+    orphan = np.setdiff1d(p_frames, g_frames)
+    if len(orphan):
+        first = pred.frame_keys[int(orphan[0])] if len(pred.frame_keys) > orphan[0] else int(orphan[0])
+        out.append(f"{pred_path}: {len(p_frames) - len(orphan)} of {len(p_frames)} prediction frames match a "
+                   f"ground-truth frame of {gt_path}; the predictions of the other {len(orphan)} "
+                   f"(first: {first}) are all false positives")
+    if len(gt):
+        rows = np.concatenate([gt.frame[:, None].astype(np.float64), gt.types[:, None].astype(np.float64),
+                               gt.boxes], 1)
+        _, first_idx, counts = np.unique(rows, axis=0, return_index=True, return_counts=True)
+        dup = int((counts - 1).sum())
+        if dup:
+            i = int(first_idx[np.argmax(counts > 1)])
+            key = gt.frame_keys[int(gt.frame[i])] if len(gt.frame_keys) > gt.frame[i] else int(gt.frame[i])
+            out.append(f"{gt_path}: {dup} ground-truth object(s) repeat another one exactly (same frame, type and "
+                       f"box; first: object {i} in frame {key}); each copy counts as a separate ground truth")
+    return out
 
 
 def evaluate_files(pred_path: str | os.PathLike, gt_path: str | os.PathLike, **kwargs) -> dict:
-    """Waymo AP/APH of a predictions ``.bin`` against a ground-truth ``.bin``; see :func:`evaluate`."""
+    """Waymo AP/APH of a predictions ``.bin`` against a ground-truth ``.bin``; see :func:`evaluate`.
+
+    Bad objects raise :class:`EvaluationError` (see :func:`objects_from_proto`); prediction frames without
+    ground truth and duplicated ground truth are reported as :class:`~pointwin.errors.PointwinWarning`.
+    """
     index: dict = {}
-    gt = read_objects(gt_path, index)
-    pred = read_objects(pred_path, index)
+    gt = read_objects(gt_path, index, role="ground truth")
+    pred = read_objects(pred_path, index, role="predictions")
     if len(gt) == 0:
-        raise ValueError(f"{gt_path}: no ground-truth objects")
+        raise EvaluationError(f"{gt_path}: no ground-truth objects", path=gt_path)
+    for msg in input_warnings(pred, gt, pred_path, gt_path):
+        warnings.warn(msg, PointwinWarning, stacklevel=2)
     return evaluate(pred, gt, **kwargs)
 
 

@@ -122,7 +122,45 @@ def _rules_openpcdet(model: nn.Module) -> list[Rule]:
         # ... or BaseBEVBackbone (conv-BN-ReLU layers behind a ZeroPad2d)
         (r"backbone_2d\.blocks\.(\d+)\.(\d+)\.([01])\.(.+)", bev_block),
     ]
+    if type(getattr(model, "backbone", None)).__name__ == "ScatterFormer":
+        rules = _rules_scatterformer(len(model.backbone.stem.blocks)) + rules
     return rules
+
+
+def _rules_scatterformer(stem_blocks: int) -> list[Rule]:
+    """The official ScatterFormer backbone (``pcdet/models/backbones_3d/scatterformer.py``): ``cpe`` stem
+    (``0`` = subm conv + BN, ``1..3`` = ``SparseBasicBlock``, ``4`` = z-stride conv + BN), ``stage{s+1}`` =
+    (``ScatterFormerLayer3x``, BN[, stride-2 conv]), ``app`` = ``AttnPillarPool``. Layer ``i`` of a stage is
+    spread over ``norm_layers.i`` / ``attn_layers.i`` / ``cffn_layers.i``; the CWI's ``conv_k``, ``conv_h``
+    (along x) and ``conv_w`` (along y) are pointwin's ``conv_local``, ``conv_x`` and ``conv_y``."""
+    stage = r"backbone\.stages\.(\d+)\."
+    layer = stage + r"layers\.(\d+)\."
+
+    def ref_layer(m: re.Match, what: str) -> str:
+        return f"backbone_3d.stage{int(m[1]) + 1}.0.{what}.{m[2]}."
+
+    cwi = {"norm": "bn", "conv_local": "conv_k", "conv_x": "conv_h", "conv_y": "conv_w"}
+    blocks = {"conv1": "conv1", "norm1": "bn1", "conv2": "conv2", "norm2": "bn2"}
+    return [
+        (r"backbone\.stem\.conv_in\.(.+)", lambda m: f"backbone_3d.cpe.0.0.{m[1]}"),
+        (r"backbone\.stem\.norm_in\.(.+)", lambda m: f"backbone_3d.cpe.0.1.{m[1]}"),
+        (r"backbone\.stem\.blocks\.(\d+)\.(conv[12]|norm[12])\.(.+)",
+         lambda m: f"backbone_3d.cpe.{int(m[1]) + 1}.{blocks[m[2]]}.{m[3]}"),
+        # the z-stride conv follows the residual blocks
+        (r"backbone\.stem\.down\.(.+)", lambda m: f"backbone_3d.cpe.{stem_blocks + 1}.0.{m[1]}"),
+        (r"backbone\.stem\.norm_down\.(.+)", lambda m: f"backbone_3d.cpe.{stem_blocks + 1}.1.{m[1]}"),
+        (layer + r"norm_attn\.(.+)", lambda m: ref_layer(m, "norm_layers") + m[3]),
+        (layer + r"attn\.(qkv|proj)\.(.+)", lambda m: ref_layer(m, "attn_layers") + f"{m[3]}.{m[4]}"),
+        (layer + r"cwi\.(norm|conv_local|conv_x|conv_y)\.(.+)",
+         lambda m: ref_layer(m, "cffn_layers") + f"{cwi[m[3]]}.{m[4]}"),
+        (layer + r"norm_ffn\.(.+)", lambda m: ref_layer(m, "cffn_layers") + f"bn2.{m[3]}"),
+        (layer + r"ffn\.(fc[12])\.(.+)", lambda m: ref_layer(m, "cffn_layers") + f"{m[3]}.{m[4]}"),
+        (stage + r"norm\.(.+)", lambda m: f"backbone_3d.stage{int(m[1]) + 1}.1.{m[2]}"),
+        (stage + r"down\.(.+)", lambda m: f"backbone_3d.stage{int(m[1]) + 1}.2.{m[2]}"),
+        (r"backbone\.height_pool\.attn\.(.+)", lambda m: f"backbone_3d.app.self_attn.{m[1]}"),
+        (r"backbone\.height_pool\.norm\.(.+)", lambda m: f"backbone_3d.app.norm.{m[1]}"),
+        (r"backbone\.height_pool\.pos_embedding", lambda m: "backbone_3d.app.pos_embedding.weight"),
+    ]
 
 
 def _rules_mmdet3d(model: nn.Module, layout: MMDet3DLayout) -> list[Rule]:
@@ -161,6 +199,44 @@ def _rules_mmdet3d(model: nn.Module, layout: MMDet3DLayout) -> list[Rule]:
         (r"head\.shared_conv\.([01])\.(.+)", lambda m: f"{p}bbox_head.shared_conv.{('conv', 'bn')[int(m[1])]}.{m[2]}"),
         (r"head\.heads\.(\d+)\.branches\.(\w+)\.(\d+)\.(.+)", head),
     ]
+
+
+def _sparse_conv_kinds(model: nn.Module) -> dict[str, str]:
+    """pointwin key -> ``"depthwise"`` or ``"dense"`` for the weight of every sparse conv of ``model``."""
+    from ..ops.sparse_conv import _SparseConvBase
+
+    return {f"{name}.weight" if name else "weight": "depthwise" if m.depthwise else "dense"
+            for name, m in model.named_modules() if isinstance(m, _SparseConvBase)}
+
+
+def _sparse_weight_from_reference(value: torch.Tensor, own_shape: tuple, kind: str, source: str
+                                  ) -> tuple[torch.Tensor, str] | None:
+    """A reference sparse conv weight in pointwin's layout ``(C_out, kz, ky, kx, C_in)`` (depthwise:
+    ``(C, kz, ky, kx, 1)``), with a note on the layout read, or None when no known layout fits.
+
+    Known layouts: spconv 2.x ``(C_out, kz, ky, kx, C_in)`` (pointwin's own, copied), spconv 1.x
+    ``(kz, ky, kx, C_in, C_out)``, and (OpenPCDet, depthwise) the ScatterFormer ``SparseDwConv``
+    ``(kz, ky, kx, C)``.
+    """
+    if tuple(value.shape) == tuple(own_shape):
+        return None
+    if kind == "depthwise" and source == "openpcdet" and value.dim() == 4:
+        out = value.permute(3, 0, 1, 2).unsqueeze(-1)
+        if tuple(out.shape) == tuple(own_shape):
+            return out.contiguous(), "SparseDwConv (kz, ky, kx, C) -> (C, kz, ky, kx, 1)"
+    if kind == "dense" and value.dim() == 5:
+        out = value.permute(4, 0, 1, 2, 3)
+        if tuple(out.shape) == tuple(own_shape):
+            return out.contiguous(), "spconv 1.x (kz, ky, kx, C_in, C_out) -> (C_out, kz, ky, kx, C_in)"
+    return None
+
+
+def _sparse_weight_to_reference(value: torch.Tensor, kind: str, source: str) -> torch.Tensor:
+    """Inverse of :func:`_sparse_weight_from_reference` for the layout the reference code uses (spconv 2.x
+    for dense convs, ``SparseDwConv`` for OpenPCDet depthwise convs)."""
+    if kind == "depthwise" and source == "openpcdet":
+        return value[..., 0].permute(1, 2, 3, 0).contiguous()
+    return value
 
 
 def _head_num_conv(model: nn.Module) -> int:
@@ -251,6 +327,19 @@ def compatibility_problems(model: nn.Module, source: str, reference_keys=()) -> 
             problems.append("model.backbone.pool_mode is not 'reference'; the official DSVT pools with zero-filled "
                             "slots, a max over all of them and the slot embedding on the keys only: set "
                             "model.backbone.pool_mode: reference")
+    if source == "openpcdet" and type(backbone).__name__ == "ScatterFormer" and has(r"^backbone_3d\.(cpe|stage1)\."):
+        # (setting, official value, why); the CWI kernel (window + 1) and the widths show in the shapes
+        wanted = [("num_heads", 4, "the official SLALayer has 4 heads"),
+                  ("window", _setting(backbone, "cwi_kernel", 1) - 1,
+                   "the official window is the CWI kernel - 1 (conv_size = WIN_SIZE + 1)"),
+                  ("z_pad", 1, "the official sparse_shape adds one z slice (grid_size[::-1] + [1, 0, 0])"),
+                  ("pool_mode", "scatterformer", "the official AttnPillarPool starts its max query from 0 and "
+                   "adds the slot embedding to the keys only"),
+                  ("pool_heads", 8, "the official AttnPillarPool has 8 heads")]
+        for name, value, why in wanted:
+            own = _setting(backbone, name, value)
+            if own != value:
+                problems.append(f"model.backbone.{name} is {own!r}; {why}: set model.backbone.{name}: {value!r}")
     bev = getattr(model, "backbone_2d", None)
     block = _setting(bev, "block")
     if block is not None:
@@ -309,6 +398,8 @@ class ConversionResult:
             (:func:`compatibility_problems`).
         ignored: reference keys skipped on purpose (training counters such as ``num_batches_tracked``).
         layout: the mmdetection3d key layout used, or None.
+        relaid: ``"pointwin key <- reference key: layout change"`` for every tensor whose layout was converted
+            (sparse conv weights stored in another axis order).
     """
 
     state_dict: dict[str, torch.Tensor]
@@ -318,6 +409,7 @@ class ConversionResult:
     incompatible: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     layout: MMDet3DLayout | None = None
+    relaid: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -331,6 +423,9 @@ class ConversionResult:
                  + (f", {len(self.ignored)} counters ignored" if self.ignored else "")]
         if self.layout is not None:
             lines.append(f"mmdetection3d layout: {self.layout.name}")
+        if self.relaid:
+            lines.append(f"layouts converted ({len(self.relaid)}):")
+            lines += [f"  {k}" for k in self.relaid]
         for text in self.incompatible:
             lines.append(f"incompatible setting: {text}")
         if self.unmatched_reference:
@@ -360,12 +455,18 @@ def from_reference(state: Mapping[str, torch.Tensor], model: nn.Module, source: 
     keymap = build_keymap(model, source, layout)
     inverse = keymap.to_pointwin
     own = model.state_dict()
-    out, unmatched, mismatch, ignored = {}, [], [], []
+    sparse = _sparse_conv_kinds(model)
+    out, unmatched, mismatch, ignored, relaid = {}, [], [], [], []
     for ref_key, value in state.items():
         key = inverse.get(ref_key)
         if key is None:
             (ignored if _ignored(ref_key) else unmatched).append(ref_key)
             continue
+        if key in sparse:
+            converted = _sparse_weight_from_reference(value, tuple(own[key].shape), sparse[key], source)
+            if converted is not None:
+                value = converted[0]
+                relaid.append(f"{key} <- {ref_key}: {converted[1]}")
         if tuple(value.shape) != tuple(own[key].shape):
             mismatch.append((key, ref_key, tuple(value.shape), tuple(own[key].shape)))
             continue
@@ -374,14 +475,16 @@ def from_reference(state: Mapping[str, torch.Tensor], model: nn.Module, source: 
     # BatchNorm counters are training state: a checkpoint without them (mmdetection3d's) loses nothing
     missing = [k for k in own if k not in out and k not in mismatched and not _ignored(k)]
     return ConversionResult(out, unmatched, missing, mismatch, compatibility_problems(model, source, state),
-                            ignored, layout if source == "mmdet3d" else None)
+                            ignored, layout if source == "mmdet3d" else None, relaid)
 
 
 def to_reference(state: Mapping[str, torch.Tensor], model: nn.Module, source: str,
                  layout: MMDet3DLayout | None = None) -> dict[str, torch.Tensor]:
     """Rename a pointwin state dict to the reference names (keys without a counterpart are dropped)."""
     keymap = build_keymap(model, source, layout).to_reference
-    return {keymap[k]: v for k, v in state.items() if k in keymap}
+    sparse = _sparse_conv_kinds(model)
+    return {keymap[k]: _sparse_weight_to_reference(v, sparse[k], source) if k in sparse else v
+            for k, v in state.items() if k in keymap}
 
 
 def read_reference_state(path: str | Path) -> dict[str, torch.Tensor]:

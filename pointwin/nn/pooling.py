@@ -48,7 +48,7 @@ def pooling_map(coords: torch.Tensor, spatial_shape: Sequence[int], stride: Sequ
 
 
 #: values of :class:`AttentionPool`'s ``mode``
-POOL_MODES = ("masked", "reference")
+POOL_MODES = ("masked", "reference", "scatterformer")
 
 
 def reference_slot(inner: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
@@ -85,6 +85,12 @@ class AttentionPool(nn.Module):
     slowest, z fastest), so a checkpoint's ``pos_embedding`` rows land on the right slots for any stride.
     Uses a dense (cells, volume, C) layout, which is cheap for DSVT's volumes (<= 8).
 
+    ``mode="scatterformer"`` (the semantics of the official ScatterFormer ``AttnPillarPool``): query =
+    ``max(0, max over the cell's voxels)`` (spconv's max-pool starts from 0); keys = voxels + the
+    embedding of their slot, values = voxels without it; empty slots are masked out of the keys (only
+    real voxels are attended to). Same segment-softmax path as the masked mode, so linear in the voxels.
+    The official block pools whole z columns (stride (1, 1, Z)), where the slot is the z index.
+
     On the position embedding in the values (masked mode): this is a deliberate design, not a bug. Like
     ViT's token + position inputs, it lets the pooled feature carry *where* in the cell (which z slice) the
     information came from, which the max query and a softmax over content alone discard; the reference
@@ -119,6 +125,8 @@ class AttentionPool(nn.Module):
         """
         if self.mode == "reference":
             return self._pool_reference(x, parent, inner, num_cells)
+        if self.mode == "scatterformer":
+            return self._pool_masked(x, parent, inner, num_cells, query_floor=0.0, pos_in_values=False)
         return self._pool_masked(x, parent, inner, num_cells)
 
     def _projections(self):
@@ -127,18 +135,18 @@ class AttentionPool(nn.Module):
                          else (None, None, None))
         return w_q, w_k, w_v, b_q, b_k, b_v
 
-    def _pool_masked(self, x: torch.Tensor, parent: torch.Tensor, inner: torch.Tensor,
-                     num_cells: int) -> torch.Tensor:
+    def _pool_masked(self, x: torch.Tensor, parent: torch.Tensor, inner: torch.Tensor, num_cells: int,
+                     query_floor: float = float("-inf"), pos_in_values: bool = True) -> torch.Tensor:
         N, C = x.shape
         H = self.attn.num_heads
         D = C // H
         w_q, w_k, w_v, b_q, b_k, b_v = self._projections()
         cell = parent[:, None].expand(-1, C)
-        query = x.new_full((num_cells, C), float("-inf")).scatter_reduce(0, cell, x, "amax", include_self=True)
+        query = x.new_full((num_cells, C), query_floor).scatter_reduce(0, cell, x, "amax", include_self=True)
         kv_in = x + self.pos_embedding.to(x.dtype)[inner]
         q = nn.functional.linear(query, w_q, b_q).view(num_cells, H, D) * D ** -0.5
         k = nn.functional.linear(kv_in, w_k, b_k).view(N, H, D)
-        v = nn.functional.linear(kv_in, w_v, b_v).view(N, H, D)
+        v = nn.functional.linear(kv_in if pos_in_values else x, w_v, b_v).view(N, H, D)
         logits = (q[parent] * k).sum(-1)  # (N, H)
         # softmax over the voxels of each cell; the per-cell max only stabilises it (no gradient needed)
         cell_h = parent[:, None].expand(-1, H)

@@ -21,12 +21,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
 
+from ...errors import DataError, PointwinError, PointwinWarning
 from ...fileio import write_json
 
 __all__ = ["WAYMO_TYPE_NAMES", "convert_segment", "create_waymo_infos", "discover_segments", "main",
@@ -80,13 +83,18 @@ def _frame_info(segment: str, timestamp: int, pose: np.ndarray | None, lidar_pat
 
 
 def _iter_v1(path: str) -> Iterator[tuple[int, np.ndarray | None, np.ndarray, dict, str]]:
+    from google.protobuf.message import DecodeError
+
     from . import proto
     from .range_image import frame_to_points
     from .tfrecord import iter_records
 
-    for rec in iter_records(path):
+    for k, rec in enumerate(iter_records(path)):
         frame = proto.Frame()
-        frame.ParseFromString(rec)
+        try:
+            frame.ParseFromString(rec)
+        except DecodeError as e:
+            raise DataError(f"record {k} is not a waymo.open_dataset.Frame protobuf ({e})", path=path) from None
         pose = np.asarray(frame.pose.transform, dtype=np.float64).reshape(4, 4) if frame.pose.transform else None
         labels = frame.laser_labels
         lab = {
@@ -193,6 +201,13 @@ def create_waymo_infos(src: str | os.PathLike | None = None, out: str | os.PathL
     mine = sorted(segments)[i::n]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out, mine)
+    if kind == "v1":
+        empty = [s for s in mine if os.path.getsize(segments[s]) == 0]
+        if empty:
+            warnings.warn(f"{len(empty)} of {len(mine)} TFRecord files of shard {i}/{n} are empty (0 bytes) and "
+                          f"convert to segments without frames: {', '.join(segments[s] for s in empty[:5])}"
+                          f"{' ...' if len(empty) > 5 else ''}", PointwinWarning, stacklevel=2)
     todo = [s for s in mine if not (out / s).is_dir()]
     from tqdm import tqdm
 
@@ -211,6 +226,8 @@ def create_waymo_infos(src: str | os.PathLike | None = None, out: str | os.PathL
                 for fut in as_completed(futures):
                     try:
                         fut.result()
+                    except PointwinError:  # names the file (and offset) itself; survives the process boundary
+                        raise
                     except Exception as e:
                         raise RuntimeError(f"converting Waymo segment {futures[fut]} failed: {e}") from e
                     bar.update(1)
@@ -223,6 +240,14 @@ def create_waymo_infos(src: str | os.PathLike | None = None, out: str | os.PathL
         path = out / f"{prefix}.json"
         write_json(path, _collect(out, sorted(segments)))
     return path
+
+
+def _remove_stale_partials(out: Path, segments: list[str]) -> None:
+    """Delete ``.partial-<segment>-<pid>`` folders a killed run left for these segments (this shard's own)."""
+    for seg in segments:
+        for stale in out.glob(f".partial-{glob_escape(seg)}-*"):
+            if stale.is_dir() and stale.name[len(f".partial-{seg}-"):].isdigit():
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _collect(out: Path, segments: list[str]) -> list[dict]:

@@ -72,9 +72,9 @@ class WaymoDataset(PointDataset):
         if missing:
             raise KeyError(f"frame {info['frame_id']}: channels {missing} not among the stored {stored}")
         path = self.root / info["lidar_path"]
-        pts = np.load(path, allow_pickle=False)
-        if pts.ndim != 2 or pts.shape[1] != len(stored):
-            raise ValueError(f"{path}: expected (N, {len(stored)}) points, got shape {pts.shape}")
+        from ..base import load_points
+
+        pts = load_points(path, len(stored), stored)  # DataError naming the file and column on bad values
         point_labels = None
         if self.with_segmentation:
             if not info.get("seg_path"):

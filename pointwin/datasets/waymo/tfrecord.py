@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 import numba
 import numpy as np
 
+from ...errors import DataError
 from ...fileio import atomic_write
 
 __all__ = ["TFRecordCorruptError", "crc32c", "iter_records", "masked_crc32c", "write_records"]
@@ -77,7 +78,7 @@ def masked_crc32c(data: bytes | bytearray | memoryview | np.ndarray) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
-class TFRecordCorruptError(ValueError):
+class TFRecordCorruptError(DataError):
     """A TFRecord record failed its framing or CRC check.
 
     Attributes:
@@ -87,8 +88,9 @@ class TFRecordCorruptError(ValueError):
     """
 
     def __init__(self, path: str | os.PathLike, offset: int, reason: str) -> None:
-        self.path, self.offset, self.reason = str(path), int(offset), reason
-        super().__init__(f"{self.path}: corrupt TFRecord record at byte offset {self.offset}: {reason}")
+        self.reason = reason
+        super().__init__(f"{path}: corrupt TFRecord record at byte offset {int(offset)}: {reason}", path=path,
+                         offset=offset)
 
 
 def iter_records(path: str | os.PathLike, check_crc: bool = True) -> Iterator[bytes]:

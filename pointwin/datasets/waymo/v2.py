@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...errors import DataError
 from .range_image import FramePoints, _Collector, beam_inclinations, range_image_to_points
 
 __all__ = ["COMPONENTS", "LidarBoxes", "LidarCalibration", "V2Frame", "frame_points", "iter_lidar_frames",
@@ -73,13 +74,18 @@ def read_component(root: str | os.PathLike, component: str, segment: str, column
     path = component_path(root, component, segment)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (Waymo v2 component {component!r} of segment {segment})")
-    table = _pq().read_table(path, columns=columns)
+    pq = _pq()
+    try:
+        table = pq.read_table(path, columns=columns)
+    except (OSError, ValueError, KeyError) as e:  # pyarrow.ArrowInvalid is a ValueError, ArrowIOError an OSError
+        raise DataError(f"cannot read Waymo v2 component {component!r} of segment {segment} "
+                        f"(columns {columns or 'all'}): {type(e).__name__}: {e}", path=path) from None
     return table
 
 
 def _column(table, name: str, path: str):
     if name not in table.column_names:
-        raise KeyError(f"{path}: missing column {name!r}; columns are {table.column_names}")
+        raise DataError(f"{path}: missing column {name!r}; columns are {table.column_names}", path=path, key=name)
     return table.column(name)
 
 
@@ -88,7 +94,8 @@ def _fixed_rows(column, width: int, name: str) -> np.ndarray:
     rows = column.to_pylist()
     arr = np.asarray(rows, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[1] != width:
-        raise ValueError(f"column {name!r}: expected {width} values per row, got array of shape {arr.shape}")
+        raise DataError(f"column {name!r}: expected {width} values per row, got array of shape {arr.shape}",
+                        key=name)
     return arr
 
 
@@ -211,7 +218,8 @@ def _range_images(table_or_batch, values: str, shape: str, dtype) -> list[np.nda
             out.append(None)
             continue
         if v.size != int(np.prod(s)):
-            raise ValueError(f"{values}: {v.size} values do not fill shape {tuple(s.tolist())}")
+            raise DataError(f"column {values!r} row {i}: {v.size} values do not fill shape {tuple(s.tolist())}",
+                            key=values)
         out.append(v.reshape(tuple(int(x) for x in s)))
     return out
 

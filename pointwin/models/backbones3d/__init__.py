@@ -4,7 +4,7 @@ from .condaformer import ConDaFormerSeg
 from .dsvt import DSVT
 from .flatformer import FlatFormer
 from .ptv3 import PTv3
-from .scatterformer import ScatterFormer
+from .scatterformer import ScatterFormer, ScatterFormerLite
 from .sphereseg import SphereSeg
 
-__all__ = ["ConDaFormerSeg", "DSVT", "FlatFormer", "PTv3", "ScatterFormer", "SphereSeg"]
+__all__ = ["ConDaFormerSeg", "DSVT", "FlatFormer", "PTv3", "ScatterFormer", "ScatterFormerLite", "SphereSeg"]
