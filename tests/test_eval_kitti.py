@@ -487,3 +487,35 @@ def test_real_labels_round_trip_through_lidar_detections():
     m, _ = evaluate_kitti(gts, dts, metrics=("bev", "3d"))
     assert m["Car/3d@0.70/moderate/R11"] == pytest.approx(100 / 11)  # 1 Car at moderate: one slot
     assert m["Pedestrian/3d@0.50/easy/R11"] == pytest.approx(100 / 11)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the dataset hook used by `pointwin test` / `pointwin train` evaluation
+# ---------------------------------------------------------------------------------------------------
+def test_kitti_dataset_evaluate_and_format_results(tmp_path):
+    from pointwin.datasets.kitti import KittiDataset
+    from pointwin.engine.builders import dataset_evaluator
+    from pointwin.structures import Detections
+
+    root = shared_file("kitti/full/velodyne/000000.bin").parents[1]
+    ds = KittiDataset(root, class_names=("Car", "Pedestrian", "Cyclist"))
+    samples = [ds.get_sample(i) for i in range(len(ds))]
+    results = [Detections(s.boxes, torch.full((len(s.boxes),), 0.9), s.labels) for s in samples]
+    evaluate = dataset_evaluator(ds, {})
+    m = evaluate(results)
+    # frame 000000: an easy Pedestrian; 000001: a Car 21.6 px tall and a Cyclist occluded 3 (ignored at every
+    # difficulty, their detections are not FPs); 000002: a moderate Car (33.3 px). One GT each: one slot.
+    assert m["Pedestrian/3d@0.50/easy/R11"] == pytest.approx(100 / 11)
+    assert m["Car/3d@0.70/moderate/R11"] == pytest.approx(100 / 11)
+    assert m["Car/bbox@0.70/moderate/R11"] == pytest.approx(100 / 11)  # the projected image box matches
+    assert math.isnan(m["Car/3d@0.70/easy/R11"]) and math.isnan(m["Cyclist/bev@0.50/hard/R40"])
+    none = [Detections(s.boxes[:0], torch.zeros(0), s.labels[:0]) for s in samples]
+    assert evaluate(none)["Car/3d@0.70/moderate/R11"] == 0.0
+    # the KITTI result files read back give the same numbers
+    out = ds.format_results(results, tmp_path / "pred")
+    dts = [read_label(out / f"{fid}.txt") for fid in ds.frame_ids]
+    gts = [read_label(root / "label_2" / f"{fid}.txt") for fid in ds.frame_ids]
+    m2, _ = evaluate_kitti(gts, dts)
+    assert all(m2[k] == pytest.approx(v, abs=1e-6) or (math.isnan(v) and math.isnan(m2[k])) for k, v in m.items())
+    with pytest.raises(ValueError, match="2 results for 3 frames"):
+        evaluate(results[:2])

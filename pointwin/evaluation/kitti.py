@@ -465,3 +465,56 @@ def format_table(metrics: Mapping[str, float], classes: Sequence[str]) -> str:
                 vals = [metrics.get(f"{name}/{m}/{d}/{rname}", math.nan) for d in DIFFICULTIES]
                 lines.append(f"{name:<12} {m:<10} {rname}: " + " ".join(f"{v:6.2f}" for v in vals))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the dataset hook
+# ---------------------------------------------------------------------------------------------------
+def _calib_and_size(dataset, fid: str) -> tuple[KittiCalib, tuple[int, int]]:
+    from ..datasets.kitti import read_calib
+
+    base = Path(dataset.dir)
+    calib = read_calib(base / "calib" / f"{fid}.txt")
+    return calib, image_size_of(base / "image_2" / f"{fid}.png") or DEFAULT_IMAGE_SIZE
+
+
+def _rows(dataset, det, fid: str) -> list[KittiObject]:
+    calib, size = _calib_and_size(dataset, fid)
+    return detections_to_kitti(det.boxes.tensor.detach().cpu().double().numpy(),
+                               det.scores.detach().cpu().double().numpy(), det.labels.detach().cpu().numpy(),
+                               dataset.class_names, calib, size)
+
+
+def _check_count(dataset, results: Sequence) -> None:
+    if len(results) != len(dataset):
+        raise ValueError(f"KITTI evaluation: {len(results)} results for {len(dataset)} frames of {dataset.dir}")
+
+
+def dataset_detections(dataset, results: Sequence) -> dict[str, list[KittiObject]]:
+    """KITTI result rows per frame id of ``results`` (one Detections per frame of ``dataset``, LiDAR frame)."""
+    _check_count(dataset, results)
+    return {fid: _rows(dataset, det, fid) for fid, det in zip(dataset.frame_ids, results)}
+
+
+def evaluate_dataset(dataset, results: Sequence, metrics: Sequence[str] = METRICS,
+                     overlap_sets: Sequence[str] = ("strict", "loose"), compute_aos: bool = True) -> dict[str, float]:
+    """The KITTI metric of ``results`` on a :class:`~pointwin.datasets.kitti.KittiDataset` (its ``evaluate``).
+
+    Ground truth: each frame's whole ``label_2`` file (DontCare and neighbouring classes included), so the
+    official ignore rules apply whatever ``class_names`` keeps. Detections are projected into the image with
+    the frame's ``P2`` (image size from ``image_2/<id>.png`` when present, else 1242 x 375) for their image box,
+    the difficulty height rule and AOS.
+    """
+    from ..datasets.kitti import read_label
+
+    _check_count(dataset, results)
+    gts, dts = [], []
+    for fid, det in zip(dataset.frame_ids, results):
+        label_path = Path(dataset.dir) / "label_2" / f"{fid}.txt"
+        if not label_path.is_file():
+            raise FileNotFoundError(f"{label_path}: KITTI evaluation needs the frame's label_2 file")
+        gts.append(read_label(label_path))
+        dts.append(_rows(dataset, det, fid))
+    m, _ = evaluate_kitti(gts, dts, classes=tuple(dataset.class_names), metrics=metrics, overlap_sets=overlap_sets,
+                          compute_aos=compute_aos, frame_ids=list(dataset.frame_ids))
+    return m
