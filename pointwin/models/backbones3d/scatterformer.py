@@ -231,7 +231,11 @@ class ScatterFormer(nn.Module):
         self.height_pool: AttentionPool | None = None
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each layer's activations in the backward pass (saves memory, costs time)."""
+        """Recompute each layer's activations in the backward pass (saves memory, costs time).
+
+        The layers' BatchNorms run twice per training step then, so their running statistics take two
+        momentum updates per step (the gradients are unchanged).
+        """
         for stage in self.stages:
             stage.grad_checkpointing = enable
 
