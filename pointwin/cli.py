@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-train", type=int, default=200, help="synthetic: training frames")
     p.add_argument("--num-val", type=int, default=50, help="synthetic: validation frames")
     p.add_argument("--seed", type=int, default=0, help="synthetic: base seed")
+    p.add_argument("--gt-database", action="store_true",
+                   help="kitti: also build the GT-sampling database <out>/kitti_gt_database from the train split "
+                        "(what configs/kitti read)")
 
     p = sub.add_parser("eval", help="compute metrics from prediction files")
     p.add_argument("benchmark", choices=["waymo", "nuscenes"])
@@ -301,6 +304,9 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_create_data(args: argparse.Namespace) -> int:
     what = f"create-data {args.dataset}"
+    if getattr(args, "gt_database", False) and args.dataset != "kitti":
+        raise CLIError(f"{what} --gt-database: only kitti has a GT-sampling database builder on the command line; "
+                       "for other datasets call pointwin.datasets.gt_sampling.build_gt_database(dataset, out_dir)")
     if args.dataset == "synthetic":
         create = _call_available("pointwin.datasets.synthetic", ("create_synthetic",), what)
         written = create(args.out or Path("data/synthetic"), num_train=args.num_train, num_val=args.num_val,
@@ -320,6 +326,11 @@ def cmd_create_data(args: argparse.Namespace) -> int:
         else:
             create = _call_available("pointwin.datasets.kitti", ("create_kitti_infos",), what)
             written = create(args.root, out, split=args.split)
+            if args.gt_database:
+                from pointwin.datasets.gt_sampling import create_kitti_gt_database
+
+                db = create_kitti_gt_database(args.root, out, split=args.split)
+                print(f"gt database: {db}")
     if isinstance(written, dict):
         for split, path in written.items():
             print(f"{split}: {path}")

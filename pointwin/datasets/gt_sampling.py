@@ -233,3 +233,23 @@ class GTSampling:
             sample, points=torch.cat(pieces), boxes=Boxes3D(torch.cat([sample.boxes.tensor, new_boxes])),
             labels=torch.cat([labels, new_labels]),
             point_labels=None if label_pieces is None else torch.cat(label_pieces), meta=meta)
+
+
+def create_kitti_gt_database(root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                             split: str | None = None, min_points: int = 1, progress: bool = True) -> Path:
+    """The GT-sampling database of a KITTI release: ``<out_dir>/kitti_gt_database`` (what ``configs/kitti`` read).
+
+    Objects are cut from the ``train`` split (``ImageSets/train.txt``) when that list exists, else from every
+    scan under ``velodyne/`` (``split`` overrides). Every labelled class except DontCare is stored, with its
+    KITTI difficulty, truncation, occlusion, alpha and image box in ``meta`` (GTSampling's
+    ``filter_difficulty: [-1]`` drops the objects outside the three levels). Resumable like
+    :func:`build_gt_database`.
+    """
+    from .kitti import KITTI_CLASSES, KittiDataset
+
+    root = Path(root)
+    if split is None and (root / "ImageSets" / "train.txt").is_file():
+        split = "train"
+    dataset = KittiDataset(root, split=split, class_names=KITTI_CLASSES)
+    out = Path(out_dir) if out_dir is not None else root
+    return build_gt_database(dataset, out / "kitti_gt_database", min_points=min_points, progress=progress)
