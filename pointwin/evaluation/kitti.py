@@ -145,8 +145,27 @@ def _overlaps(dt: _Frame, gt: _Frame, metric: str) -> np.ndarray:
     return fn(torch.from_numpy(dt.boxes), torch.from_numpy(gt.boxes), backend="numba").numpy()
 
 
-def _clean(gt: _Frame, dt: _Frame, cls: str, difficulty: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """ignored_gt (0 counts, 1 ignored, -1 other class), ignored_dt (same), DontCare boxes, valid GT count."""
+@dataclass
+class _Flat:
+    """Every frame's rows concatenated: GT rows ``gt_off[f]:gt_off[f+1]`` and detections ``dt_off[f]:...``."""
+
+    gt: _Frame
+    dt: _Frame
+    gt_off: np.ndarray
+    dt_off: np.ndarray
+
+
+def _concat(frames: Sequence[_Frame]) -> tuple[_Frame, np.ndarray]:
+    off = np.zeros(len(frames) + 1, np.int64)
+    off[1:] = np.cumsum([len(f.names) for f in frames])
+    cat = _Frame(*(np.concatenate([getattr(f, k) for f in frames]) if frames else getattr(_frame([], "", False), k)
+                   for k in ("names", "truncated", "occluded", "alpha", "bbox", "boxes", "score")))
+    return cat, off
+
+
+def _clean(flat: _Flat, cls: str, difficulty: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """ignored_gt (0 counts, 1 ignored, -1 other class) and ignored_dt (same) of all rows, valid GT count."""
+    gt, dt = flat.gt, flat.dt
     height = gt.bbox[:, 3] - gt.bbox[:, 1]
     own = gt.names == cls
     neighbour = gt.names == NEIGHBOURS.get(cls, "\0")
@@ -158,8 +177,7 @@ def _clean(gt: _Frame, dt: _Frame, cls: str, difficulty: int) -> tuple[np.ndarra
     dt_height = np.abs(dt.bbox[:, 3] - dt.bbox[:, 1])
     ig_dt = np.where(dt.names == cls, 0, -1).astype(np.int64)
     ig_dt[dt_height < MIN_HEIGHT[difficulty]] = 1
-    dc = gt.bbox[gt.names == "dontcare"]
-    return ig_gt, ig_dt, dc, int((ig_gt == 0).sum())
+    return ig_gt, ig_dt, int((ig_gt == 0).sum())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -230,6 +248,31 @@ def _image_stats(ov, ig_gt, ig_dt, scores, gt_alpha, dt_alpha, dc_ov, min_ov, cu
     return tp, fp, fn, sim, n_scores
 
 
+@numba.njit(cache=True)
+def _all_frames(ov_flat, ov_off, dc_flat, dc_off, gt_off, dt_off, ig_gt, ig_dt, scores, gt_alpha, dt_alpha, min_ov,
+                cutoffs, with_fp):
+    """Sum (tp, fp, fn, similarity) over every frame per cut-off -> (T, 4); and the first pass's TP scores."""
+    table = np.zeros((len(cutoffs), 4))
+    tp_scores = np.zeros(len(ig_gt))
+    n_scores = 0
+    for f in range(len(gt_off) - 1):
+        g0, g1, d0, d1 = gt_off[f], gt_off[f + 1], dt_off[f], dt_off[f + 1]
+        ov = ov_flat[ov_off[f]:ov_off[f + 1]].reshape((d1 - d0, g1 - g0))
+        dc = dc_flat[dc_off[f]:dc_off[f + 1]].reshape((d1 - d0, -1)) if d1 > d0 else \
+            np.zeros((0, 0))
+        for t in range(len(cutoffs)):
+            tp, fp, fn, sim, k = _image_stats(ov, ig_gt[g0:g1], ig_dt[d0:d1], scores[d0:d1], gt_alpha[g0:g1],
+                                              dt_alpha[d0:d1], dc, min_ov, cutoffs[t], with_fp,
+                                              tp_scores[n_scores:])
+            if not with_fp:
+                n_scores += k
+            table[t, 0] += tp
+            table[t, 1] += fp
+            table[t, 2] += fn
+            table[t, 3] += sim
+    return table, tp_scores[:n_scores]
+
+
 def score_cutoffs(tp_scores: np.ndarray, num_gt: int, num_points: int = N_SAMPLE_PTS) -> np.ndarray:
     """The official cut-offs: TP scores (descending) whose recall is nearest the next recall target."""
     s = np.sort(np.asarray(tp_scores, np.float64))[::-1]
@@ -266,26 +309,16 @@ def ap_r40(precision: np.ndarray) -> float:
     return float(np.asarray(precision)[1:N_SAMPLE_PTS].sum() / 40 * 100)
 
 
-def _curve(gts, dts, cls, difficulty, metric, ovs, dc_ovs, min_ov):
+def _curve(flat: _Flat, cls: str, difficulty: int, ov_args: tuple, min_ov: float):
     """(precision, recall, aos) 41-slot arrays and the valid GT count for one class/difficulty/metric."""
-    cleaned = [_clean(g, d, cls, difficulty) for g, d in zip(gts, dts)]
-    n_gt = sum(c[3] for c in cleaned)
+    ig_gt, ig_dt, n_gt = _clean(flat, cls, difficulty)
     prec, rec, aos = (np.zeros(N_SAMPLE_PTS) for _ in range(3))
     if n_gt == 0:
         return prec * np.nan, rec * np.nan, aos * np.nan, 0
-    scores = []
-    for (ig_gt, ig_dt, _, _), g, d, ov, dc in zip(cleaned, gts, dts, ovs, dc_ovs):
-        buf = np.zeros(len(g.names))
-        k = _image_stats(ov, ig_gt, ig_dt, d.score, g.alpha, d.alpha, dc, min_ov, 0.0, False, buf)[4]
-        scores.append(buf[:k])
-    cuts = score_cutoffs(np.concatenate(scores) if scores else np.zeros(0), n_gt)
-    table = np.zeros((len(cuts), 4))
-    for (ig_gt, ig_dt, _, _), g, d, ov, dc in zip(cleaned, gts, dts, ovs, dc_ovs):
-        buf = np.zeros(len(g.names))
-        for t, cut in enumerate(cuts):
-            tp, fp, fn, sim, _ = _image_stats(ov, ig_gt, ig_dt, d.score, g.alpha, d.alpha, dc, min_ov, cut, True,
-                                              buf)
-            table[t] += (tp, fp, fn, sim)
+    common = (*ov_args, flat.gt_off, flat.dt_off, ig_gt, ig_dt, flat.dt.score, flat.gt.alpha, flat.dt.alpha, min_ov)
+    _, tp_scores = _all_frames(*common, np.zeros(1), False)
+    cuts = score_cutoffs(tp_scores, n_gt)
+    table, _ = _all_frames(*common, cuts, True)
     n = len(cuts)
     with np.errstate(divide="ignore", invalid="ignore"):
         prec[:n] = table[:, 0] / (table[:, 0] + table[:, 1])
@@ -294,6 +327,13 @@ def _curve(gts, dts, cls, difficulty, metric, ovs, dc_ovs, min_ov):
     for arr in (prec, rec, aos):
         arr[:] = np.maximum.accumulate(np.nan_to_num(arr)[::-1])[::-1]
     return prec, rec, aos, n_gt
+
+
+def _flatten(mats: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    off = np.zeros(len(mats) + 1, np.int64)
+    off[1:] = np.cumsum([m.size for m in mats])
+    flat = np.concatenate([m.ravel() for m in mats]) if mats else np.zeros(0)
+    return np.ascontiguousarray(flat, np.float64), off
 
 
 def evaluate_kitti(gt_frames: Sequence[Sequence[KittiObject]], dt_frames: Sequence[Sequence[KittiObject]],
@@ -326,6 +366,9 @@ def evaluate_kitti(gt_frames: Sequence[Sequence[KittiObject]], dt_frames: Sequen
     ids = list(frame_ids) if frame_ids is not None else [str(i) for i in range(len(gt_frames))]
     gts = [_frame(g, f"ground truth of frame {fid}", False) for g, fid in zip(gt_frames, ids)]
     dts = [_frame(d, f"detections of frame {fid}", True) for d, fid in zip(dt_frames, ids)]
+    gt_cat, gt_off = _concat(gts)
+    dt_cat, dt_off = _concat(dts)
+    flat = _Flat(gt_cat, dt_cat, gt_off, dt_off)
     out: dict[str, float] = {}
     curves = KittiCurves()
     for metric in metrics:
@@ -334,11 +377,12 @@ def evaluate_kitti(gt_frames: Sequence[Sequence[KittiObject]], dt_frames: Sequen
             dc_ovs = [image_box_overlap(d.bbox, g.bbox[g.names == "dontcare"], over_a=True) for g, d in zip(gts, dts)]
         else:
             dc_ovs = [np.zeros((len(d.names), 0)) for d in dts]
+        ov_args = (*_flatten(ovs), *_flatten(dc_ovs))
         for name, cls in zip(classes, lower):
             for oset in overlap_sets:
                 min_ov = OVERLAPS[oset][cls][metric]
                 for di, diff in enumerate(DIFFICULTIES):
-                    prec, rec, aos, n_gt = _curve(gts, dts, cls, di, metric, ovs, dc_ovs, min_ov)
+                    prec, rec, aos, n_gt = _curve(flat, cls, di, ov_args, min_ov)
                     key = (name, metric, oset, diff)
                     curves.precision[key], curves.recall[key] = prec, rec
                     curves.thresholds[key] = min_ov
