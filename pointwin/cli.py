@@ -98,9 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(what configs/kitti read)")
 
     p = sub.add_parser("eval", help="compute metrics from prediction files")
-    p.add_argument("benchmark", choices=["waymo", "nuscenes"])
-    p.add_argument("--pred", type=Path, required=True, help="predictions (Waymo Objects .bin / nuScenes JSON)")
-    p.add_argument("--gt", type=Path, default=None, help="Waymo: ground truth Objects .bin")
+    p.add_argument("benchmark", choices=["waymo", "nuscenes", "kitti"])
+    p.add_argument("--pred", type=Path, required=True,
+                   help="predictions (Waymo Objects .bin / nuScenes JSON / KITTI folder of <frame>.txt results)")
+    p.add_argument("--gt", type=Path, default=None,
+                   help="Waymo: ground truth Objects .bin; KITTI: the label_2 folder")
+    p.add_argument("--frames", type=Path, default=None,
+                   help="KITTI: frame list (e.g. ImageSets/val.txt; default: the frames with a result file)")
     p.add_argument("--dataroot", type=Path, default=None, help="nuScenes: dataset root")
     p.add_argument("--version", default="v1.0-trainval", help="nuScenes version")
     p.add_argument("--eval-set", default="val", help="nuScenes split (val, mini_val, ...)")
@@ -365,6 +369,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         format_table = _call_available("pointwin.evaluation.waymo", ("format_table",), "eval waymo")
         result = evaluate_files(args.pred, args.gt)
         print(format_table(result))
+    elif args.benchmark == "kitti":
+        if args.gt is None or not args.gt.is_dir():
+            raise CLIError(f"eval kitti needs --gt, the label_2 folder ({args.gt} is not a folder)")
+        from pointwin.evaluation.kitti import evaluate_folders
+        from pointwin.evaluation.kitti import format_table as kitti_table
+
+        try:
+            result = evaluate_folders(args.gt, args.pred, frame_ids=args.frames)
+        except (FileNotFoundError, ValueError) as e:
+            raise CLIError(f"eval kitti: {e}") from None
+        print(kitti_table(result, ("Car", "Pedestrian", "Cyclist")))
     else:
         if args.dataroot is None:
             raise CLIError("eval nuscenes needs --dataroot (the nuScenes folder with the JSON tables)")

@@ -519,3 +519,34 @@ def test_kitti_dataset_evaluate_and_format_results(tmp_path):
     assert all(m2[k] == pytest.approx(v, abs=1e-6) or (math.isnan(v) and math.isnan(m2[k])) for k, v in m.items())
     with pytest.raises(ValueError, match="2 results for 3 frames"):
         evaluate(results[:2])
+
+
+def test_pointwin_eval_kitti_reads_result_files(tmp_path, capsys):
+    import json
+
+    from pointwin.cli import main
+    from pointwin.datasets.kitti import KittiDataset
+    from pointwin.structures import Detections
+
+    root = shared_file("kitti/full/velodyne/000000.bin").parents[1]
+    ds = KittiDataset(root, class_names=("Car", "Pedestrian", "Cyclist"))
+    samples = [ds.get_sample(i) for i in range(len(ds))]
+    results = [Detections(s.boxes, torch.full((len(s.boxes),), 0.9), s.labels) for s in samples]
+    expected = ds.evaluate(results)
+    pred = ds.format_results(results, tmp_path / "pred")
+    out = tmp_path / "metrics.json"
+    assert main(["eval", "kitti", "--pred", str(pred), "--gt", str(root / "label_2"), "--out", str(out)]) == 0
+    assert "Car" in capsys.readouterr().out
+    got = json.loads(out.read_text())
+    assert got.keys() == expected.keys()
+    assert all(got[k] == pytest.approx(v, abs=1e-6) or (math.isnan(v) and math.isnan(got[k]))
+               for k, v in expected.items())
+    # a frame list with a frame that has no result file: its objects count as missed
+    (tmp_path / "val.txt").write_text("000000\n000002\n")
+    (pred / "000002.txt").unlink()
+    assert main(["eval", "kitti", "--pred", str(pred), "--gt", str(root / "label_2"), "--frames",
+                 str(tmp_path / "val.txt"), "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["Car/3d@0.70/moderate/R40"] == 0.0 and got["Pedestrian/3d@0.50/easy/R11"] == pytest.approx(100 / 11)
+    assert main(["eval", "kitti", "--pred", str(pred), "--gt", str(tmp_path / "nope")]) != 0
+    assert "label_2 folder" in capsys.readouterr().err

@@ -562,3 +562,35 @@ def evaluate_dataset(dataset, results: Sequence, metrics: Sequence[str] = METRIC
     m, _ = evaluate_kitti(gts, dts, classes=tuple(dataset.class_names), metrics=metrics, overlap_sets=overlap_sets,
                           compute_aos=compute_aos, frame_ids=list(dataset.frame_ids))
     return m
+
+
+def evaluate_folders(label_dir: str | os.PathLike, result_dir: str | os.PathLike,
+                     frame_ids: Sequence[str] | str | os.PathLike | None = None,
+                     classes: Sequence[str] = ("Car", "Pedestrian", "Cyclist"), **kwargs) -> dict[str, float]:
+    """The KITTI metric of a folder of result files (``<frame>.txt``, 16 fields) against ``label_2`` files.
+
+    Frames: ``frame_ids`` (a list, or an ``ImageSets/*.txt`` file) where a missing result file means no
+    detections; else, as the official tool does, the frames that have a result file. ``kwargs`` go to
+    :func:`evaluate_kitti`.
+    """
+    from ..datasets.kitti import read_label
+
+    label_dir, result_dir = Path(label_dir), Path(result_dir)
+    for d, what in ((label_dir, "label folder"), (result_dir, "result folder")):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: KITTI {what} not found (expected a folder of <frame>.txt files)")
+    if isinstance(frame_ids, (str, os.PathLike)):
+        path = Path(frame_ids)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: frame list not found (expected one frame id per line)")
+        frame_ids = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    ids = list(frame_ids) if frame_ids is not None else sorted(p.stem for p in result_dir.glob("*.txt"))
+    if not ids:
+        raise ValueError(f"{result_dir}: no result files (<frame>.txt) and no frame list given")
+    missing = [f for f in ids if not (label_dir / f"{f}.txt").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{label_dir}: no label file for {len(missing)} frame(s), first {missing[0]}.txt")
+    gts = [read_label(label_dir / f"{f}.txt") for f in ids]
+    dts = [read_label(result_dir / f"{f}.txt") if (result_dir / f"{f}.txt").is_file() else [] for f in ids]
+    m, _ = evaluate_kitti(gts, dts, classes=classes, frame_ids=ids, **kwargs)
+    return m
