@@ -161,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "check every key, shape and compatibility setting, and write a pointwin checkpoint "
                        "(with the config embedded) atomically to OUT.")
     p.add_argument("checkpoint", type=Path, help="the official checkpoint (.pth)")
-    p.add_argument("--from", dest="source", required=True, choices=("openpcdet", "mmdet3d"),
-                   help="framework that wrote it: openpcdet (DSVT) or mmdet3d (FlatFormer, CenterPoint)")
+    p.add_argument("--from", dest="source", required=True,
+                   choices=("openpcdet", "mmdet3d", "pointcept", "sphereformer"),
+                   help="framework that wrote it: openpcdet (DSVT), mmdet3d (FlatFormer, CenterPoint), pointcept "
+                        "(PTv3) or sphereformer (the official SphereFormer code)")
     p.add_argument("--config", type=Path, required=True, help="the pointwin config of the same model")
     p.add_argument("--out", type=Path, required=True, help="where to write the pointwin checkpoint")
     p.add_argument("--allow-partial", action="store_true",

@@ -36,7 +36,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-SOURCES = ("openpcdet", "mmdet3d")
+from ._seg_rules import (
+    XYZ_INDEX_SOURCES,
+    problems_pointcept,
+    problems_sphereformer,
+    rules_pointcept,
+    rules_sphereformer,
+)
+
+SOURCES = ("openpcdet", "mmdet3d", "pointcept", "sphereformer")
+
+#: key rules and setting checks of the segmentation sources (Pointcept PTv3, official SphereFormer)
+_SEG_RULES = {"pointcept": rules_pointcept, "sphereformer": rules_sphereformer}
+_SEG_PROBLEMS = {"pointcept": problems_pointcept, "sphereformer": problems_sphereformer}
 
 #: reference keys that carry no model tensor of pointwin's (training counters)
 IGNORED_REFERENCE_SUFFIXES = ("num_batches_tracked", "global_step")
@@ -218,6 +230,11 @@ def _sparse_weight_from_reference(value: torch.Tensor, own_shape: tuple, kind: s
     ``(kz, ky, kx, C_in, C_out)``, and (OpenPCDet, depthwise) the ScatterFormer ``SparseDwConv``
     ``(kz, ky, kx, C)``.
     """
+    if source in XYZ_INDEX_SOURCES and kind == "dense" and value.dim() == 5:
+        out = value.permute(0, 3, 2, 1, 4)  # spconv on (b, x, y, z) indices: kernel axes (kx, ky, kz)
+        if tuple(out.shape) != tuple(own_shape):
+            return None
+        return out.contiguous(), "spconv on (b, x, y, z) rows: (C_out, kx, ky, kz, C_in) -> (C_out, kz, ky, kx, C_in)"
     if tuple(value.shape) == tuple(own_shape):
         return None
     if kind == "depthwise" and source == "openpcdet" and value.dim() == 4:
@@ -236,6 +253,8 @@ def _sparse_weight_to_reference(value: torch.Tensor, kind: str, source: str) -> 
     for dense convs, ``SparseDwConv`` for OpenPCDet depthwise convs)."""
     if kind == "depthwise" and source == "openpcdet":
         return value[..., 0].permute(1, 2, 3, 0).contiguous()
+    if kind == "dense" and source in XYZ_INDEX_SOURCES:
+        return value.permute(0, 3, 2, 1, 4).contiguous()
     return value
 
 
@@ -274,7 +293,11 @@ def build_keymap(model: nn.Module, source: str, layout: MMDet3DLayout | None = N
     ``layout`` applies to ``mmdet3d`` only (default: the mainline layout).
     """
     _check_source(source)
-    rules = _rules_openpcdet(model) if source == "openpcdet" else _rules_mmdet3d(model, layout or MMDet3DLayout())
+    if source in _SEG_RULES:
+        rules = _SEG_RULES[source](model)
+    else:
+        rules = (_rules_openpcdet(model) if source == "openpcdet"
+                 else _rules_mmdet3d(model, layout or MMDet3DLayout()))
     compiled = [(re.compile(p + r"$"), f) for p, f in rules]
     mapping, only = {}, []
     for key in model.state_dict():
@@ -310,6 +333,8 @@ def compatibility_problems(model: nn.Module, source: str, reference_keys=()) -> 
     def has(pattern: str) -> bool:
         return not keys or any(re.search(pattern, k) for k in keys)
 
+    if source in _SEG_PROBLEMS:
+        return _SEG_PROBLEMS[source](model, has)
     problems = []
     vfe = getattr(model, "vfe", None)
     if vfe is not None and has(r"(^vfe\.|voxel_encoder\.)") and _setting(vfe, "cell_dtype", "float32") != "float32":

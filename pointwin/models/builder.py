@@ -23,6 +23,7 @@ MODELS.register()(Detector)
 MODELS.register()(Segmentor)
 VFES.register()(vfe.DynamicVFE)
 VFES.register()(vfe.DynamicPillarVFE)
+VFES.register()(vfe.MeanVFE)
 for _name in backbones3d.__all__:
     BACKBONES.register()(getattr(backbones3d, _name))
 NECKS.register()(bev.BEVBackbone)

@@ -149,3 +149,63 @@ class DynamicPillarVFE(DynamicVFE):
         size = (float(voxel_size[0]), float(voxel_size[1]), r[5] - r[2])
         super().__init__(size, r, num_point_features, feat_channels, with_cluster_center, with_voxel_center,
                          with_distance, cell_dtype)
+
+
+class MeanVFE(nn.Module):
+    """Parameter-free voxel features: the mean of each voxel's points, column by column.
+
+    The input of the official SphereFormer (its ``collation_fn_voxelmean``: per voxel the mean of
+    x, y, z, intensity, fed straight to a submanifold-conv stem) and the closest deterministic stand-in for
+    Pointcept's grid sampling (one point's x, y, z, strength per voxel). The first three output channels are
+    the mean point position, which :class:`pointwin.models.backbones3d.sphereseg.SphereSeg` can use as the
+    voxel position (``positions: input_mean``).
+
+    ``cell_origin``: ``"range"`` counts cells from the range minimum (pointwin); ``"sample_min"`` from each
+    sample's smallest x, y, z (the official SphereFormer ``floor((p - min p) / voxel_size)``): the points are
+    voxelized shifted by their sample's ``(min - range min) mod (cell_align * voxel_size)``, so cell borders fall
+    where the reference puts them and a sample's cells are the reference's plus a multiple of ``cell_align``
+    (so stride-2 levels below group the same children, up to log2(cell_align) levels), while the grid and
+    the features (unshifted means) stay pointwin's.
+
+    Shapes: Points (N, C) -> SparseVoxels feats (V, num_point_features).
+    """
+
+    def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], num_point_features: int = 4,
+                 cell_dtype: str = "float64", cell_origin: str = "range", cell_align: int = 32) -> None:
+        super().__init__()
+        if cell_dtype not in CELL_DTYPES:
+            raise ValueError(f"MeanVFE: cell_dtype must be one of {list(CELL_DTYPES)}, got {cell_dtype!r}")
+        if cell_origin not in ("range", "sample_min"):
+            raise ValueError(f"MeanVFE: cell_origin must be 'range' or 'sample_min', got {cell_origin!r}")
+        if int(cell_align) < 1:
+            raise ValueError(f"MeanVFE: cell_align must be a positive number of cells, got {cell_align!r}")
+        self.cell_origin, self.cell_align = cell_origin, int(cell_align)
+        if num_point_features < 3:
+            raise ValueError(f"MeanVFE: num_point_features must be >= 3 (x, y, z), got {num_point_features}")
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.point_cloud_range = tuple(float(v) for v in point_cloud_range)
+        self.spatial_shape = grid_shape(self.voxel_size, self.point_cloud_range)
+        self.num_point_features, self.cell_dtype = int(num_point_features), cell_dtype
+        self.out_channels = self.num_point_features
+
+    def voxelize(self, points: Points) -> Voxelization:
+        if self.cell_origin == "range" or points.data.shape[0] == 0:
+            return voxelize(points, self.voxel_size, self.point_cloud_range, cell_dtype=self.cell_dtype)
+        xyz = points.data[:, :3].double()
+        b = points.batch_idx.long()
+        big = torch.finfo(torch.float64).max
+        mins = xyz.new_full((points.batch_size, 3), big).scatter_reduce(0, b[:, None].expand(-1, 3), xyz, "amin")
+        r0 = xyz.new_tensor(self.point_cloud_range[:3])
+        v = xyz.new_tensor(self.voxel_size)
+        shift = torch.remainder(mins - r0, v * self.cell_align)
+        shifted = (xyz - shift[b]).to(points.data.dtype)
+        return voxelize(shifted, self.voxel_size, self.point_cloud_range, b, points.batch_size, self.cell_dtype)
+
+    def forward(self, points: Points, vox: Voxelization | None = None) -> SparseVoxels:
+        if points.data.shape[1] < self.num_point_features:
+            raise ValueError(f"MeanVFE expects >= {self.num_point_features} point columns, the points have "
+                             f"{points.data.shape[1]} ({points.channels})")
+        vox = self.voxelize(points) if vox is None else vox
+        kept = vox.kept
+        data = points.data[kept, : self.num_point_features].float()
+        return vox.to_sparse(voxel_pool(data, vox.point_voxel[kept], vox.num_voxels, "mean"))

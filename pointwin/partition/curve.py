@@ -80,16 +80,34 @@ def curve_depth(coords: torch.Tensor, spatial_shape: Sequence[int] | None) -> in
     return max(int(hi).bit_length(), 1)
 
 
-def serialize(coords: torch.Tensor, curve: str = "z", spatial_shape: Sequence[int] | None = None) -> torch.Tensor:
+def data_depth(coords: torch.Tensor) -> int:
+    """Pointcept's serialization depth: bit length of (largest x/y/z coordinate + 1) over all rows.
+
+    One more than :func:`curve_depth` without a grid when the largest coordinate is ``2**k - 1``.
+    """
+    hi = int(coords[:, 1:].max()) if coords.shape[0] else 0
+    return max(int(hi + 1).bit_length(), 1)
+
+
+def serialize(coords: torch.Tensor, curve: str = "z", spatial_shape: Sequence[int] | None = None,
+              depth: int | None = None) -> torch.Tensor:
     """int64 (N,) code ``b << (3 * depth) | curve_code(x, y, z)`` (the "-trans" curves swap x and y).
 
+    ``depth`` (bits per axis) defaults to :func:`curve_depth`; an explicit one must hold every coordinate.
     Raises ValueError, naming the coordinate range, when batch and code do not fit in 63 bits.
     """
     if curve not in CURVES:
         raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
     shape = None if spatial_shape is None else check_shape(spatial_shape)
     c = check_coords("curve_patches coords", coords, shape)
-    depth = curve_depth(c, shape)
+    if depth is None:
+        depth = curve_depth(c, shape)
+    else:
+        depth = int(depth)
+        hi = int(c[:, 1:].max()) if c.shape[0] else 0
+        if depth < 1 or hi >= (1 << depth):
+            raise ValueError(f"serialize: depth {depth} bits per axis cannot hold the largest coordinate {hi} "
+                             f"(needs {max(hi.bit_length(), 1)})")
     B = int(c[:, 0].max()) + 1 if c.shape[0] else 1
     batch_bits = max(B - 1, 0).bit_length()
     if 3 * depth + batch_bits > 63:
@@ -107,7 +125,7 @@ def serialize(coords: torch.Tensor, curve: str = "z", spatial_shape: Sequence[in
 
 
 def curve_patches(coords: torch.Tensor, curve: str = "z", patch_size: int = 1024,
-                  spatial_shape: Sequence[int] | None = None) -> Partition:
+                  spatial_shape: Sequence[int] | None = None, depth: int | None = None) -> Partition:
     """Serialise voxels along a space-filling curve and cut each sample into patches of K.
 
     Args:
@@ -117,6 +135,7 @@ def curve_patches(coords: torch.Tensor, curve: str = "z", patch_size: int = 1024
         spatial_shape: optional ``(Z, Y, X)``; when given the code depth follows the grid (so the order
             never depends on which voxels are present, which matters for Hilbert); otherwise the
             largest coordinate sets it.
+        depth: bits per axis, overriding both (e.g. Pointcept's :func:`data_depth`).
 
     Returns:
         Partition with ``size = K``. A sample's last partial patch takes, for its missing slots, the
@@ -127,7 +146,7 @@ def curve_patches(coords: torch.Tensor, curve: str = "z", patch_size: int = 1024
     if K < 1:
         raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
     with torch.no_grad():
-        code = serialize(coords, curve, spatial_shape)
+        code = serialize(coords, curve, spatial_shape, depth)
         _, order = stable_order(code)
         sizes = sample_sizes_of(coords[order, 0].long())
         return equal_groups(order, sizes, K, tail="borrow")

@@ -6,9 +6,15 @@ Reference: Wu et al., "Point Transformer V3: Simpler, Faster, Stronger" (CVPR 20
   (:func:`pointwin.partition.curve_patches`); attention runs inside each patch through
   :func:`pointwin.ops.group_attention` (equal-size groups: one SDPA call).
 - Orders: block i of a stage uses ``orders[i % len(orders)]`` (z, z-trans, hilbert, hilbert-trans by
-  default). In training the order list is shuffled once per forward (``shuffle_orders``, drawn from the
-  global torch RNG, which the trainer seeds); in eval mode the configured order is used, so results are
-  deterministic.
+  default). As in Pointcept the order list is re-shuffled for every encoder stage (at the serialization and
+  at every pooling; decoder stage s uses encoder stage s's orders), drawn from the global torch RNG.
+  ``shuffle_orders="always"`` shuffles in eval mode too (Pointcept's behaviour); ``True`` (pointwin's
+  choice) shuffles in training only, so evaluation is deterministic; ``False`` never.
+- Grid (``grid``): ``"data"`` (Pointcept) serializes coordinates counted from each sample's own minimum
+  with depth = bit length of (largest coordinate + 1) over the batch, minus one per pooled stage; pooling
+  cells are 2x2x2 cells of those shifted coordinates. ``"shape"`` (pointwin) counts from the grid origin
+  (the crop range) with the depth of the grid, so a sample's orders never depend on its batch mates.
+- BatchNorm in the stem, pooling and unpooling: ``bn_eps`` / ``bn_momentum`` (Pointcept: 1e-3 / 0.01).
 - Conditional positional encoding before every block: a 3x3x3 submanifold conv, Linear, LayerNorm, added
   to the features.
 - Serialized pooling: parent cell = serialized code >> 3 (the 2x2x2 cell, for every curve), features
@@ -31,6 +37,7 @@ from ...nn import FFN, PartitionAttention
 from ...nn.condaformer import drop_path
 from ...ops import SubMConv3d
 from ...partition import CURVES, curve_patches, serialize
+from ...partition.curve import data_depth
 from ...structures import SparseVoxels
 
 
@@ -49,9 +56,10 @@ class SerializedPoolMap:
     cluster: torch.Tensor
 
 
-def serialized_pool_map(coords: torch.Tensor, spatial_shape: Sequence[int]) -> SerializedPoolMap:
+def serialized_pool_map(coords: torch.Tensor, spatial_shape: Sequence[int],
+                        depth: int | None = None) -> SerializedPoolMap:
     """Parents of voxels ``coords`` (N, 4): unique ``serialize(coords, "z") >> 3``, sorted."""
-    code = serialize(coords, "z", spatial_shape)
+    code = serialize(coords, "z", spatial_shape, depth)
     parent_code, cluster = torch.unique(code >> 3, sorted=True, return_inverse=True)
     child = coords.clone()
     child[:, 1:] >>= 1
@@ -67,14 +75,15 @@ class SerializedPooling(nn.Module):
     Shapes: SparseVoxels (N, Cin) -> (SparseVoxels (P, Cout) on the halved grid, cluster (N,)).
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, bn_eps: float = 1e-5, bn_momentum: float = 0.1) -> None:
         super().__init__()
         self.proj = nn.Linear(in_channels, out_channels)
-        self.norm = nn.BatchNorm1d(out_channels)
+        self.norm = nn.BatchNorm1d(out_channels, eps=bn_eps, momentum=bn_momentum)
         self.act = nn.GELU()
 
-    def forward(self, x: SparseVoxels) -> tuple[SparseVoxels, torch.Tensor]:
-        pmap: SerializedPoolMap = x.cached(("ptv3.pool",), lambda: serialized_pool_map(x.coords, x.spatial_shape))
+    def forward(self, x: SparseVoxels, depth: int | None = None) -> tuple[SparseVoxels, torch.Tensor]:
+        pmap: SerializedPoolMap = x.cached(("ptv3.pool", depth),
+                                           lambda: serialized_pool_map(x.coords, x.spatial_shape, depth))
         f = self.proj(x.feats)
         P = pmap.coords.shape[0]
         idx = pmap.cluster[:, None].expand_as(f)
@@ -90,11 +99,13 @@ class SerializedUnpooling(nn.Module):
     Shapes: parent SparseVoxels (P, Cin), skip SparseVoxels (N, Cskip), cluster (N,) -> SparseVoxels (N, Cout).
     """
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1) -> None:
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels), nn.BatchNorm1d(out_channels), nn.GELU())
-        self.proj_skip = nn.Sequential(nn.Linear(skip_channels, out_channels), nn.BatchNorm1d(out_channels),
-                                       nn.GELU())
+        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels),
+                                  nn.BatchNorm1d(out_channels, eps=bn_eps, momentum=bn_momentum), nn.GELU())
+        self.proj_skip = nn.Sequential(nn.Linear(skip_channels, out_channels),
+                                       nn.BatchNorm1d(out_channels, eps=bn_eps, momentum=bn_momentum), nn.GELU())
 
     def forward(self, parent: SparseVoxels, skip: SparseVoxels, cluster: torch.Tensor) -> SparseVoxels:
         return skip.replace(self.proj_skip(skip.feats) + self.proj(parent.feats)[cluster])
@@ -121,14 +132,16 @@ class PTv3Block(nn.Module):
         self.ffn = FFN(channels, int(channels * ffn_ratio), "gelu")
         self.drop_path = drop_path
 
-    def patches(self, x: SparseVoxels, curve: str):
-        return x.cached(("ptv3.patches", curve, self.patch_size),
-                        lambda: curve_patches(x.coords, curve, self.patch_size, x.spatial_shape))
+    def patches(self, x: SparseVoxels, curve: str, depth: int | None = None):
+        return x.cached(("ptv3.patches", curve, self.patch_size, depth),
+                        lambda: curve_patches(x.coords, curve, self.patch_size, x.spatial_shape, depth))
 
-    def forward(self, x: SparseVoxels, curve: str) -> SparseVoxels:
+    def forward(self, x: SparseVoxels, curve: str, depth: int | None = None) -> SparseVoxels:
+        """``depth``: serialization bits per axis (None: from the grid, see :func:`curve_patches`)."""
         f = x.feats + self.cpe_norm(self.cpe_linear(self.cpe_conv(x).feats))
         b, B = x.batch_idx, x.batch_size
-        f = f + drop_path(self.attn(self.norm1(f), self.patches(x, curve)), self.drop_path, self.training, b, B)
+        f = f + drop_path(self.attn(self.norm1(f), self.patches(x, curve, depth)), self.drop_path, self.training,
+                          b, B)
         f = f + drop_path(self.ffn(self.norm2(f)), self.drop_path, self.training, b, B)
         return x.replace(f)
 
@@ -150,7 +163,12 @@ class PTv3(nn.Module):
         dec_channels, dec_depths, dec_num_heads, dec_patch_size: per decoder stage, one fewer than the encoder;
             decoder stage s returns to encoder stage s's sites.
         orders: curves cycled over the blocks of a stage (see :data:`pointwin.partition.CURVES`).
-        shuffle_orders: shuffle ``orders`` per forward in training (never in eval mode).
+        shuffle_orders: ``True``: shuffle ``orders`` per encoder stage in training only (pointwin);
+            ``"always"``: also in eval mode (Pointcept); ``False``: never.
+        grid: ``"data"`` (Pointcept: coordinates from each sample's minimum, depth from the data) or
+            ``"shape"`` (pointwin: from the grid origin, depth of the grid); see the module docstring.
+        bn_eps, bn_momentum: BatchNorm of the stem, pooling and unpooling (Pointcept: 1e-3, 0.01; the defaults
+            are torch's, ``configs/nuscenes/ptv3_lidarseg.yaml`` sets Pointcept's).
         stem_kernel: kernel of the stem submanifold conv (PTv3 uses 5).
         ffn_ratio, drop_path, attn_drop: block settings; drop path grows linearly over the encoder blocks and
             shrinks over the decoder blocks.
@@ -163,8 +181,10 @@ class PTv3(nn.Module):
                  enc_patch_size: int | Sequence[int] = 1024, dec_channels: Sequence[int] = (64, 64, 128, 256),
                  dec_depths: Sequence[int] = (2, 2, 2, 2), dec_num_heads: Sequence[int] = (4, 4, 8, 16),
                  dec_patch_size: int | Sequence[int] = 1024,
-                 orders: Sequence[str] = ("z", "z-trans", "hilbert", "hilbert-trans"), shuffle_orders: bool = True,
-                 stem_kernel: int = 5, ffn_ratio: float = 4.0, drop_path: float = 0.3, attn_drop: float = 0.0) -> None:
+                 orders: Sequence[str] = ("z", "z-trans", "hilbert", "hilbert-trans"),
+                 shuffle_orders: bool | str = True, stem_kernel: int = 5, ffn_ratio: float = 4.0,
+                 drop_path: float = 0.3, attn_drop: float = 0.0, grid: str = "shape", bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1) -> None:
         super().__init__()
         n = len(enc_channels)
         if n < 1:
@@ -179,13 +199,19 @@ class PTv3(nn.Module):
         bad = [o for o in self.orders if o not in CURVES]
         if not self.orders or bad:
             raise ValueError(f"PTv3: orders must be a non-empty list of {CURVES}, got {list(orders)}")
-        self.shuffle_orders = shuffle_orders
-        self.last_orders: tuple[str, ...] = self.orders  # the orders used by the latest forward
+        if shuffle_orders not in (True, False, "always"):
+            raise ValueError(f"PTv3: shuffle_orders must be true, false or 'always', got {shuffle_orders!r}")
+        if grid not in ("data", "shape"):
+            raise ValueError(f"PTv3: grid must be 'data' (Pointcept) or 'shape' (pointwin), got {grid!r}")
+        self.shuffle_orders, self.grid = shuffle_orders, grid
+        self.last_orders: tuple[str, ...] = self.orders  # the orders of encoder stage 0 in the latest forward
+        self.last_stage_orders: list[tuple[str, ...]] = []
         self.stem_conv = SubMConv3d(in_channels, enc_channels[0], stem_kernel, bias=False)
-        self.stem_norm = nn.BatchNorm1d(enc_channels[0])
+        self.stem_norm = nn.BatchNorm1d(enc_channels[0], eps=bn_eps, momentum=bn_momentum)
         enc_dp = torch.linspace(0, drop_path, sum(enc_depths)).tolist()
         dec_dp = torch.linspace(0, drop_path, max(sum(dec_depths), 1)).tolist()[::-1]
-        self.pools = nn.ModuleList(SerializedPooling(enc_channels[s - 1], enc_channels[s]) for s in range(1, n))
+        self.pools = nn.ModuleList(SerializedPooling(enc_channels[s - 1], enc_channels[s], bn_eps, bn_momentum)
+                                   for s in range(1, n))
         self.enc = nn.ModuleList()
         i = 0
         for s in range(n):
@@ -197,35 +223,56 @@ class PTv3(nn.Module):
         i = 0
         for s in reversed(range(n - 1)):
             above = enc_channels[-1] if s == n - 2 else dec_channels[s + 1]
-            self.unpools.append(SerializedUnpooling(above, enc_channels[s], dec_channels[s]))
+            self.unpools.append(SerializedUnpooling(above, enc_channels[s], dec_channels[s], bn_eps, bn_momentum))
             self.dec.append(nn.ModuleList(PTv3Block(dec_channels[s], dec_heads[s], dec_patch[s], ffn_ratio,
                                                     dec_dp[i + j], attn_drop) for j in range(dec_depths[s])))
             i += dec_depths[s]
         self.out_channels = int(dec_channels[0]) if n > 1 else int(enc_channels[0])
 
     def forward_orders(self) -> tuple[str, ...]:
-        """The curves of this forward: shuffled in training (when enabled), as configured in eval mode."""
-        if self.training and self.shuffle_orders and len(self.orders) > 1:
+        """The curves of one stage: shuffled when ``shuffle_orders`` applies (training, or always), else as
+        configured."""
+        shuffle = self.shuffle_orders == "always" or (self.training and self.shuffle_orders)
+        if shuffle and len(self.orders) > 1:
             return tuple(self.orders[i] for i in torch.randperm(len(self.orders)).tolist())
         return self.orders
 
-    def _stage(self, blocks: nn.ModuleList, x: SparseVoxels, orders: tuple[str, ...]) -> SparseVoxels:
+    def _stage(self, blocks: nn.ModuleList, x: SparseVoxels, orders: tuple[str, ...], depth: int | None
+               ) -> SparseVoxels:
         for j, blk in enumerate(blocks):
-            x = blk(x, orders[j % len(orders)])
+            x = blk(x, orders[j % len(orders)], depth)
         return x
 
+    @staticmethod
+    def data_grid(voxels: SparseVoxels) -> tuple[SparseVoxels, int]:
+        """Pointcept's grid: voxels re-counted from each sample's minimum, and the serialization depth."""
+        c = voxels.coords.long()
+        b = c[:, 0]
+        mins = torch.full((voxels.batch_size, 3), torch.iinfo(torch.int64).max, dtype=torch.long, device=c.device)
+        mins = mins.scatter_reduce(0, b[:, None].expand(-1, 3), c[:, 1:], "amin")
+        shifted = c.clone()
+        shifted[:, 1:] -= mins[b]
+        shifted = shifted.to(voxels.coords.dtype)
+        out = SparseVoxels(voxels.feats, shifted, voxels.spatial_shape, voxels.batch_size, voxels.voxel_size,
+                           voxels.origin)
+        return out, data_depth(shifted)
+
     def forward(self, voxels: SparseVoxels) -> SparseVoxels:
-        orders = self.forward_orders()
-        self.last_orders = orders
-        x = voxels.replace(nn.functional.gelu(self.stem_norm(self.stem_conv(voxels).feats)))
-        skips, clusters = [], []
+        x, depth = self.data_grid(voxels) if self.grid == "data" else (voxels, None)
+        x = x.replace(nn.functional.gelu(self.stem_norm(self.stem_conv(x).feats)))
+        skips, clusters, stage_orders = [], [], []
         for s, blocks in enumerate(self.enc):
             if s > 0:
                 skips.append(x)
-                x, cluster = self.pools[s - 1](x)
+                x, cluster = self.pools[s - 1](x, depth)
                 clusters.append(cluster)
-            x = self._stage(blocks, x, orders)
-        for unpool, blocks in zip(self.unpools, self.dec, strict=True):
+                depth = None if depth is None else depth - 1
+            stage_orders.append(self.forward_orders())
+            x = self._stage(blocks, x, stage_orders[-1], depth)
+        self.last_orders, self.last_stage_orders = stage_orders[0], stage_orders
+        for s, (unpool, blocks) in zip(reversed(range(len(self.enc) - 1)), zip(self.unpools, self.dec, strict=True),
+                                       strict=True):
             x = unpool(x, skips.pop(), clusters.pop())
-            x = self._stage(blocks, x, orders)
-        return x
+            depth = None if depth is None else depth + 1
+            x = self._stage(blocks, x, stage_orders[s], depth)
+        return voxels.replace(x.feats) if self.grid == "data" else x
