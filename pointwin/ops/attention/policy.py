@@ -128,47 +128,47 @@ def pow2(n: int, lo: int = 16) -> int:
     return 1 << (n - 1).bit_length()
 
 
-def _is_low(dtype: torch.dtype) -> bool:
-    return dtype in (torch.float16, torch.bfloat16)
-
-
 def group_launch(dtype: torch.dtype, block_d: int, block_dv: int, short_groups: bool,
                  precision: str = "tf32") -> Launch:
     """Block sizes for the group-attention kernels (fwd, dq, dkdv share them).
 
     ``short_groups``: the mean group has <= 48 slots, so 32-slot blocks waste less than 64-slot ones.
-    The table keeps every kernel within 255 registers without spills at head dims <= 64 for fp16/bf16
-    (sm_80 and sm_90) and shrinks the blocks for float32 with exact ("ieee") dots, which run as FMA in
-    registers instead of on tensor cores.
+    Measured with :mod:`pointwin.ops.attention.aot` (Triton 3.9, sm_80 and sm_90): 64-slot blocks spill
+    at head dim 64 (fp16/bf16 and fp32) and at 32 (fp32); 32-slot blocks with 4 warps spill at 128, 8
+    warps do not; exact fp32 ("ieee") dots are FMA in registers and need 16-slot blocks from head dim 32.
     """
     wide = max(block_d, block_dv)
-    bm = 32 if short_groups else 64
-    if wide > 64:
-        bm = min(bm, 32)
-    bn = bm if wide <= 64 else min(bm, 32)
-    warps = 4
     if dtype == torch.float32 and precision == "ieee":
-        bm = bn = 16 if wide > 32 else 32
-    return Launch(bm, bn, warps, 2 if wide <= 64 else 1)
+        b = 32 if wide <= 16 else 16
+        return Launch(b, b, 4, 2 if wide <= 64 else 1)
+    if wide <= 16 or (wide <= 32 and dtype != torch.float32):
+        b = 32 if short_groups else 64
+        return Launch(b, b, 4, 2)
+    if wide <= 64:
+        return Launch(32, 32, 4, 2)
+    return Launch(32, 32, 8, 1)
 
 
 def sla_launch(dtype: torch.dtype, block_d: int, block_dv: int) -> Launch:
     """Block sizes for the SLA kernels: BLOCK_S slots per step, CHUNK slots per program.
 
-    The per-program state is a (BLOCK_D, BLOCK_DV) fp32 matrix (two in the backward): at head dim 128 a
-    64-slot step would need more than A100's 163 KB of shared memory per block in the backward, so the
-    step shrinks with the head dim.
+    The per-program state is a (BLOCK_D, BLOCK_DV) fp32 matrix (two in the backward's dq kernel), so the
+    step shrinks and the warps grow with the head dim (measured like :func:`group_launch`). Known
+    remainder: the dq kernel at head dim 64 still spills ~450 B/thread on sm_80 (none on sm_90); at 128
+    its exact-fp32 dots spill on both (see BENCHMARKS.md, "Kernel resources").
     """
     wide = max(block_d, block_dv)
-    bs = 64 if wide <= 32 else (32 if wide <= 64 else 16)
-    warps = 4 if wide <= 64 else 8
-    return Launch(bs, 256, warps, 1)
+    if wide <= 16:
+        return Launch(64, 256, 4, 1)
+    if wide <= 32:
+        return Launch(32, 256, 4, 1)
+    return Launch(16, 256, 8, 1)
+
+
+def interpreter_group_launch(block_m: int | None, block_n: int | None) -> Launch:
+    return Launch(block_m or 16, block_n or 16, 1, 1)
 
 
 def interpreter_sla_launch(chunk: int | None, block_s: int | None) -> Launch:
     block_s = block_s or 16
     return Launch(block_s, chunk or 2 * block_s, 1, 1)
-
-
-def interpreter_group_launch(block_m: int | None, block_n: int | None) -> Launch:
-    return Launch(block_m or 16, block_n or 16, 1, 1)
