@@ -356,3 +356,46 @@ def test_unknown_kitti_class_is_a_counted_warning(tmp_path):
     frame0 = json.loads(written["all"].read_text())["frames"][0]
     known = [ln.split()[0] for ln in lines if ln.split()[0] not in ("DontCare", "Pedestrain")]
     assert frame0["labels"] == known  # the typo row is the only one missing
+
+
+# ---------------------------------------------------------------- weak: configs are code (trust boundary)
+def test_config_types_from_the_standard_library_are_refused(tmp_path, capsys):
+    from pointwin.engine.builders import build_model, import_modules
+
+    marker = tmp_path / "ran"
+    with pytest.raises(ConfigError, match=r"model: type 'subprocess:check_call' names the Python standard-library "
+                                          r"module 'subprocess'"):
+        build_model({"type": "subprocess:check_call", "args": ["touch", str(marker)]}, "model")
+    with pytest.raises(ConfigError, match="imports: module 'os.path' names the Python standard-library module 'os'"):
+        import_modules({"imports": ["os.path"]})
+    cfg = tiny_config()
+    cfg["model"] = {"type": "builtins:eval", "source": "1"}
+    path = tmp_path / "evil.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--work-dir", str(tmp_path / "w"), "--device", "cpu", "--no-progress"]) == 2
+    assert "standard-library module 'builtins'" in _err_line(capsys)
+    assert not marker.exists()
+    # the user's own code stays allowed (the tiny fixtures are import-path types)
+    assert type(build_model(tiny_config()["model"], "model")).__name__ == "TinyRegressor"
+
+
+def test_conversion_error_is_in_the_family():
+    from pointwin.export.converters import ConversionError
+
+    e = ConversionError("x.pth (openpcdet) does not convert cleanly to this model:\nmissing: a.b")
+    assert isinstance(e, PointwinError) and isinstance(e, ValueError)
+    assert str(pickle.loads(pickle.dumps(e))) == str(e)
+
+
+def test_info_file_errors_name_the_file_and_key(tmp_path):
+    from pointwin.datasets.base import read_infos
+
+    path = tmp_path / "infos.json"
+    path.write_text('{"format": "pointwin.infos", "version": 1, "class_names": [], "channels": [],\n "frames": [{}]}')
+    with pytest.raises(DataError) as e:
+        read_infos(path)
+    assert str(e.value) == f"{path}: frames[0] has no key 'frame_id'" and e.value.key == "frames[0].frame_id"
+    path.write_text('{"format": "pointwin.infos",\n "version": 1,,}')
+    with pytest.raises(DataError, match=r"infos.json: not valid JSON") as e:
+        read_infos(path)
+    assert e.value.line == 2

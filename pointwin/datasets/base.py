@@ -59,7 +59,7 @@ def read_json(path: str | os.PathLike) -> Any:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise DataError(f"{path}: not valid JSON ({e})", path=path, line=e.lineno) from None
 
 
 def save_points(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -161,18 +161,18 @@ def read_infos(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     infos = read_json(path)
     if not isinstance(infos, dict) or infos.get("format") != INFO_FORMAT:
-        raise ValueError(f"{path}: not a pointwin info file (expected key 'format': {INFO_FORMAT!r})")
+        raise DataError(f"{path}: not a pointwin info file (expected key 'format': {INFO_FORMAT!r})")
     if infos.get("version") != INFO_VERSION:
-        raise ValueError(f"{path}: info version {infos.get('version')!r} is not supported (expected {INFO_VERSION})")
+        raise DataError(f"{path}: info version {infos.get('version')!r} is not supported (expected {INFO_VERSION})")
     for key in ("class_names", "channels", "frames"):
         if not isinstance(infos.get(key), list):
-            raise ValueError(f"{path}: key {key!r} must be a list")
+            raise DataError(f"{path}: key {key!r} must be a list", path=path, key=key)
     for i, fr in enumerate(infos["frames"]):
         for key in ("frame_id", "points_path"):
             if key not in fr:
-                raise ValueError(f"{path}: frames[{i}] has no key {key!r}")
+                raise DataError(f"{path}: frames[{i}] has no key {key!r}", path=path, key=f"frames[{i}].{key}")
         if "boxes" in fr and len(fr["boxes"]) != len(fr.get("labels", ())):
-            raise ValueError(f"{path}: frames[{i}] ({fr['frame_id']}) has {len(fr['boxes'])} boxes but "
+            raise DataError(f"{path}: frames[{i}] ({fr['frame_id']}) has {len(fr['boxes'])} boxes but "
                              f"{len(fr.get('labels', ()))} labels")
     return infos
 
@@ -248,7 +248,7 @@ class InfoDataset(PointDataset):
         ppath = self.root / fr["points_path"]
         points = load_points(ppath, len(self.channels), self.channels)
         if "num_points" in fr and len(points) != fr["num_points"]:
-            raise ValueError(f"{ppath}: has {len(points)} points but {self.info_path} says {fr['num_points']}")
+            raise DataError(f"{ppath}: has {len(points)} points but {self.info_path} says {fr['num_points']}")
         meta = dict(fr.get("meta", {}))
         boxes = labels = None
         if "boxes" in fr:
@@ -266,7 +266,7 @@ class InfoDataset(PointDataset):
             lab_path = self.root / fr["point_labels_path"]
             lab = np.load(lab_path, allow_pickle=False)
             if lab.shape != (len(points),):
-                raise ValueError(f"{lab_path}: expected ({len(points)},) point labels, got {lab.shape}")
+                raise DataError(f"{lab_path}: expected ({len(points)},) point labels, got {lab.shape}")
             point_labels = torch.from_numpy(lab.astype(np.int64))
         return Sample(points=torch.from_numpy(np.ascontiguousarray(points)), channels=self.channels,
                       frame_id=fr["frame_id"], boxes=boxes, labels=labels, point_labels=point_labels, meta=meta)

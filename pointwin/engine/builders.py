@@ -4,12 +4,19 @@ A ``type`` is either a registered name (``FlatFormer``, ``SyntheticDataset``; bu
 ``pointwin.models.build_model`` / ``pointwin.datasets.build_dataset``) or an import path
 ``package.module:Name`` for user code outside pointwin. A config may also list ``imports:`` — modules
 imported before anything is built, so that their registry decorators run (mmdet's ``custom_imports``).
+
+Trust boundary: a config is code. An import-path type runs the callable it names with the config's
+arguments, and ``imports:`` runs a module's top level, so a config can do whatever that code does.
+Standard-library modules (``subprocess:check_call``, ``os:system``) are refused as types and imports;
+anything else installed can be named, so use configs only from sources you trust (as with any Python
+script). Deployed models (``deploy.json``) never import anything a file names.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,15 +29,28 @@ def import_modules(cfg: Mapping) -> None:
     if isinstance(names, str):
         names = [names]
     for name in names:
+        _refuse_stdlib(str(name), f"module {name!r}", "imports")
         try:
             importlib.import_module(name)
         except ImportError as e:
             raise ConfigError(f"imports: cannot import module {name!r}: {e}") from None
 
 
+def _refuse_stdlib(module_name: str, what: str, where: str) -> None:
+    """A config naming the standard library (``subprocess:check_call``, ``os:system``, ``builtins:eval``) is
+    never a model or dataset: refuse it. This narrows, but does not close, what a config can run; see the
+    README ("Configs are code"): use configs only from sources you trust."""
+    top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names:
+        raise ConfigError(f"{where}: {what} names the Python standard-library module {top!r}; import-path types "
+                          "and imports must be pointwin's or your own code (configs can run code: use them only "
+                          "from sources you trust)", key=where)
+
+
 def import_object(path: str, where: str) -> Any:
-    """``"pkg.mod:Name"`` -> the object."""
+    """``"pkg.mod:Name"`` -> the object (never from the standard library, see :func:`_refuse_stdlib`)."""
     module_name, _, attr = path.partition(":")
+    _refuse_stdlib(module_name, f"type {path!r}", where)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

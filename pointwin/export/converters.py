@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import PointwinError
 from ._seg_rules import (
     XYZ_INDEX_SOURCES,
     problems_pointcept,
@@ -534,7 +535,7 @@ def read_reference_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-class ConversionError(ValueError):
+class ConversionError(PointwinError, ValueError):
     """A reference checkpoint does not convert to the model (the message carries the full report)."""
 
 
