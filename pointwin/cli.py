@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import warnings
 
-    from pointwin.errors import PointwinError, PointwinWarning
+    from pointwin.errors import PointwinError, PointwinWarning, one_line
 
     collected: list[str] = []
     show = warnings.showwarning
@@ -582,8 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PointwinError, FileNotFoundError) as e:  # input errors (ConfigError, CheckpointError, DataError, ...)
         if debug:
             raise
-        one_line = " ".join(str(e).split("\n"))
-        print(f"pointwin {args.command}: error: {one_line}", file=sys.stderr)
+        print(f"pointwin {args.command}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"pointwin {args.command}: interrupted", file=sys.stderr)

@@ -21,8 +21,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["CheckpointIntegrityError", "DataError", "EvaluationError", "PointwinError", "PointwinWarning",
-           "did_you_mean"]
+__all__ = ["DataError", "EvaluationError", "PointwinError", "PointwinWarning", "did_you_mean", "one_line"]
 
 
 def _rebuild(cls: type, message: str, state: dict) -> BaseException:
@@ -64,10 +63,6 @@ class EvaluationError(PointwinError, ValueError):
     """A prediction or ground-truth file cannot be evaluated as it is (NaN scores, non-positive sizes, ...)."""
 
 
-class CheckpointIntegrityError(PointwinError, RuntimeError):
-    """A checkpoint's stored content hash does not match its content (the file was changed or damaged)."""
-
-
 class PointwinWarning(UserWarning):
     """Input accepted but partly ignored; the message gives the counts and the file(s)."""
 
@@ -76,3 +71,18 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """``" (did you mean 'train'?)"`` for the closest choice, or ``""``."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line. A PointwinError re-raised by a torch DataLoader worker carries the
+    worker's traceback in its message ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."): keep only the original message, which names the file."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+        name = type(error).__name__
+        for prefix in (f"{type(error).__module__}.{name}: ", f"{name}: "):
+            if last.startswith(prefix):
+                return last[len(prefix):]
+        return last
+    return " ".join(text.split("\n"))

@@ -399,3 +399,26 @@ def test_info_file_errors_name_the_file_and_key(tmp_path):
     with pytest.raises(DataError, match=r"infos.json: not valid JSON") as e:
         read_infos(path)
     assert e.value.line == 2
+
+
+def test_bad_point_file_in_dataloader_workers_is_one_line(tmp_path, capsys):
+    """train.num_workers = 2: the worker's DataError reaches the user as one line naming the file."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(4):
+        data = (rng.random((64, 4)) * 4).astype(np.float32).tobytes()
+        (tmp_path / f"p{i}.bin").write_bytes(data[:-3] if i == 2 else data)  # frame 2: 3 bytes short
+        frames.append({"frame_id": f"f{i}", "points_path": f"p{i}.bin", "boxes": [[1, 1, 0, 4, 2, 1.5, 0]],
+                       "labels": ["Car"]})
+    info = tmp_path / "infos.json"
+    info.write_text(json.dumps({"format": "pointwin.infos", "version": 1, "class_names": ["Car"],
+                                "channels": ["x", "y", "z", "intensity"], "frames": frames}))
+    cfg = tiny_config(epochs=1, num_workers=2)
+    cfg["data"] = {"train": {"type": "InfoDataset", "info_path": str(info)}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--work-dir", str(tmp_path / "w"), "--device", "cpu", "--no-progress"]) == 2
+    line = _err_line(capsys)
+    assert line == (f"pointwin train: error: {tmp_path / 'p2.bin'}: size 1021 bytes is not a multiple of 16 bytes "
+                    f"per point (4 x float32 (x, y, z, intensity)); 13 trailing byte(s): the file is truncated or "
+                    f"has another layout")
