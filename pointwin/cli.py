@@ -301,7 +301,9 @@ def cmd_test(args: argparse.Namespace) -> int:
         if info.is_main and metrics is not None:
             print_metrics(metrics, f"{args.split} ({args.ckpt.name})")
             out = work_dir / f"test_{args.split}_metrics.json"
-            out.write_text(json.dumps(metrics, indent=2, default=str))
+            from pointwin.fileio import write_text
+
+            write_text(out, json.dumps(metrics, indent=2, default=str))  # atomic: temp name + rename
             print(f"metrics written to {out}")
     finally:
         dist.cleanup()
@@ -391,7 +393,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         table = getattr(importlib.import_module("pointwin.evaluation.nuscenes"), "format_table", None)
         print(table(result) if callable(table) else json.dumps(result, indent=2, default=str))
     if args.out is not None:
-        args.out.write_text(json.dumps(result, indent=2, default=str))
+        from pointwin.fileio import write_text
+
+        write_text(args.out, json.dumps(result, indent=2, default=str))  # atomic: temp name + rename
         print(f"metrics written to {args.out}")
     return 0
 
@@ -418,7 +422,13 @@ def cmd_visualize(args: argparse.Namespace) -> int:
             raise CLIError(str(e)) from None
         boxes = None
         if args.boxes is not None:
-            boxes = np.asarray(json.loads(args.boxes.read_text()), dtype=np.float32).reshape(-1, 7)
+            from pointwin.errors import DataError
+
+            try:
+                boxes = np.asarray(json.loads(args.boxes.read_text()), dtype=np.float32).reshape(-1, 7)
+            except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+                raise DataError(f"expected a JSON list of [x, y, z, dx, dy, dz, yaw] boxes ({e})",
+                                path=args.boxes) from None
         r = args.range
         if args.renderer == "open3d":
             vis.render_open3d(points, args.out, gt_boxes=boxes)

@@ -422,3 +422,35 @@ def test_bad_point_file_in_dataloader_workers_is_one_line(tmp_path, capsys):
     assert line == (f"pointwin train: error: {tmp_path / 'p2.bin'}: size 1021 bytes is not a multiple of 16 bytes "
                     f"per point (4 x float32 (x, y, z, intensity)); 13 trailing byte(s): the file is truncated or "
                     f"has another layout")
+
+
+def test_parquet_missing_a_column_names_file_and_column(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from pointwin.datasets.waymo.v2 import read_vehicle_poses
+
+    src = next(iter(sorted(shared_file("waymo/v2/vehicle_pose").glob("*.parquet"))))
+    table = pq.read_table(src)
+    col = "[VehiclePoseComponent].world_from_vehicle.transform"
+    assert col in table.column_names
+    (tmp_path / "vehicle_pose").mkdir()
+    dst = tmp_path / "vehicle_pose" / src.name
+    pq.write_table(table.drop([col]), dst)
+    poses = read_vehicle_poses(src.parents[1], src.stem)  # the real file reads
+    assert len(poses) == table.num_rows
+    with pytest.raises(DataError) as e:
+        read_vehicle_poses(tmp_path, src.stem)
+    assert e.value.path == str(dst) and e.value.key == col
+    assert str(e.value).startswith(f"{dst}: missing column {col!r}; columns are [")
+    dst.write_bytes(src.read_bytes()[: src.stat().st_size // 2])  # truncated file
+    with pytest.raises(DataError, match=r"cannot read Waymo v2 component 'vehicle_pose'"):
+        read_vehicle_poses(tmp_path, src.stem)
+
+
+def test_visualize_bad_boxes_json_is_one_line(tmp_path, capsys):
+    pts = tmp_path / "p.npy"
+    np.save(pts, np.zeros((10, 4), np.float32))
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text("[[1, 2, 3, 4, 5, 6]]")  # 6 numbers, not 7
+    assert main(["visualize", "points", str(pts), "--boxes", str(boxes), "--out", str(tmp_path / "o.png")]) == 2
+    line = _err_line(capsys)
+    assert f"{boxes}: expected a JSON list of [x, y, z, dx, dy, dz, yaw] boxes" in line
