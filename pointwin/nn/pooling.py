@@ -147,14 +147,17 @@ class AttentionPool(nn.Module):
         q = nn.functional.linear(query, w_q, b_q).view(num_cells, H, D) * D ** -0.5
         k = nn.functional.linear(kv_in, w_k, b_k).view(N, H, D)
         v = nn.functional.linear(kv_in if pos_in_values else x, w_v, b_v).view(N, H, D)
-        logits = (q[parent] * k).sum(-1)  # (N, H)
+        # The segment softmax and the weighted sum run in float32 whatever autocast does: CUDA autocast
+        # runs exp in fp32 while the projections are bf16/fp16, and index_add_ needs one dtype.
+        logits = (q[parent].float() * k.float()).sum(-1)  # (N, H)
         # softmax over the voxels of each cell; the per-cell max only stabilises it (no gradient needed)
         cell_h = parent[:, None].expand(-1, H)
         peak = logits.new_full((num_cells, H), float("-inf")).scatter_reduce(0, cell_h, logits.detach(), "amax")
-        e = torch.exp(logits - peak[parent])
+        e = torch.exp(logits - peak[parent]).float()
         weights = e / e.new_zeros(num_cells, H).index_add_(0, parent, e)[parent]
         weights = nn.functional.dropout(weights, self.attn.dropout, self.training)
-        out = v.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v).view(num_cells, C)
+        out = weights.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v.float())
+        out = out.view(num_cells, C).to(v.dtype)
         out = nn.functional.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias)
         return self.norm(query + out)
 
