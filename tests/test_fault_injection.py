@@ -177,6 +177,9 @@ def test_only_pointwins_own_stale_temporaries_are_removed(tmp_path):
     keep = [tmp_path / ".latest.notmine.tmp.pth", tmp_path / "notes.tmp", tmp_path / ".other.abcd1234.tmp.txt"]
     for p in keep:
         p.write_text("user file")
-    Trainer(TinyRegressor(), TinyBoxDataset(4), TrainSettings(epochs=1), tmp_path, progress=False)
+    t = Trainer(TinyRegressor(), TinyBoxDataset(4), TrainSettings(epochs=1, batch_size=2), tmp_path,
+                progress=False)
+    assert stale.exists()  # constructing a trainer (pointwin test, visualize) never deletes anything
+    t.fit()
     assert not stale.exists()
     assert all(p.exists() for p in keep)  # other names (and temporaries of files a run never writes) stay

@@ -333,11 +333,7 @@ class Trainer:
         self.collate_fn = collate_fn
         self.train_set, self.val_set, self.evaluate_fn = train_set, val_set, evaluate_fn
         self.logger = RunLogger(self.work_dir, self.info.is_main)
-        if self.info.is_main:  # temporaries a killed run left (a full-size .latest.*.tmp.pth, ...)
-            removed = remove_stale_temporaries(self.work_dir, _WORK_DIR_FILES)
-            if removed:
-                self.logger.print(f"removed {len(removed)} stale temporary file(s) of an interrupted run in "
-                                  f"{self.work_dir}")
+        self._cleaned = False
         set_seed(seed + self.info.rank)
 
         self.model = model.to(self.device)
@@ -409,6 +405,7 @@ class Trainer:
         none is readable (truncated, damaged, weights only), a :class:`CheckpointError` lists them, unless
         ``start_over`` (``pointwin train --start-over``) says to start from scratch and overwrite them.
         """
+        self.remove_stale_temporaries()
         if str(resume) == "auto":
             skipped: list[str] = []
             found = find_resume_checkpoint(self.work_dir, skipped)
@@ -453,6 +450,19 @@ class Trainer:
         self.logger.truncate_after(self.iteration)  # the steps after the checkpoint run (and are logged) again
         self.logger.print(f"resumed from {path} (epoch {self.epoch}, step {self.iteration})")
         return True
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete the temporaries a killed run of this work dir left (a full-size ``.latest.*.tmp.pth``, ...);
+        rank 0, once, when training starts or resumes. Only pointwin's own temporary names of the files a
+        run writes are touched (not at construction: ``pointwin test`` may share the dir of a running run)."""
+        if not self.info.is_main or self._cleaned:
+            return []
+        self._cleaned = True
+        removed = remove_stale_temporaries(self.work_dir, _WORK_DIR_FILES)
+        if removed:
+            self.logger.print(f"removed {len(removed)} stale temporary file(s) of an interrupted run in "
+                              f"{self.work_dir}")
+        return removed
 
     def load_weights(self, path: str | Path) -> None:
         load_model_weights(self.model, load_checkpoint_file(path), path)
@@ -560,6 +570,7 @@ class Trainer:
             raise ValueError("Trainer.fit needs a train_set")
         if self.info.is_main:
             self.work_dir.mkdir(parents=True, exist_ok=True)
+            self.remove_stale_temporaries()
             if self.config_text:
                 write_text(self.work_dir / "config.yaml", self.config_text)
         metrics = None
