@@ -411,3 +411,22 @@ def test_shipped_vfe_voxels_equal_official_level1_positions():
     n_range = vfe(Points(pts, torch.zeros(len(pts), dtype=torch.long), 1)).num_voxels
     print(f"cells from the range minimum instead: {n_range} voxels (official {len(inputs['xyz_L1'])})")
     assert n_range != len(inputs["xyz_L1"])
+
+
+def test_contextual_rpe_attention_gradients():
+    """float64 gradcheck of the pair attention (q, k, v and the three tables), with chunking of the gathers."""
+    from pointwin.models.backbones3d.sphereseg import contextual_rpe_attention, group_pairs
+
+    g = torch.Generator().manual_seed(2)
+    n, h, d, L = 9, 2, 3, 4
+    part = radial_windows(torch.randn(n, 3, generator=g, dtype=torch.float64), torch.zeros(n, dtype=torch.long),
+                          (180.0, 90.0, 100.0))
+    qr, kr = group_pairs(part)
+    rel = torch.randint(0, L, (len(qr), 3), generator=g)
+    args = [torch.randn(n, h, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    tables = [torch.randn(L, 3, h, d, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+
+    def f(q, k, v, tq, tk, tv):
+        return contextual_rpe_attention(q, k, v, qr, kr, rel, tq, tk, tv, chunk=7)
+
+    assert torch.autograd.gradcheck(f, (*args, *tables))

@@ -167,3 +167,103 @@ def test_depthwise_kernels_gradcheck_and_match_the_generic_path(monkeypatch):
     generic = value_and_grads()
     for a, b in zip(fast, generic, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+# --- one output-metadata contract for every backend -----------------------------------------------------
+
+def _backend_available(backend: str) -> str | None:
+    """None when ``backend`` can run here, else the reason it cannot."""
+    if backend == "numba":
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            return "numba is not installed"
+    if backend == "spconv":
+        try:
+            import spconv.pytorch  # noqa: F401
+        except ImportError:
+            return "spconv is not installed (the `cuda` extra); its CPU build is also wrong with >1 thread"
+        if not torch.cuda.is_available():
+            return "spconv runs on CUDA only in pointwin (no GPU here)"
+    return None
+
+
+@pytest.mark.parametrize("backend", ["torch", "numba", "spconv"])
+def test_sparse_conv_metadata_contract(backend, monkeypatch):
+    """SubM -> strided (indice_key) -> SubM -> inverse on one backend: coords int32 (b, z, y, x), spatial
+    shapes, voxel_size scaled by the stride, origin/batch kept, the inverse returns the source's coords (same
+    order), metadata and cache; features equal the torch path's (rows matched by coords)."""
+    reason = _backend_available(backend)
+    if reason:
+        pytest.skip(reason)
+    from pointwin.ops import sparse_conv
+
+    device = "cuda" if backend == "spconv" else "cpu"
+    depthwise = backend == "numba"  # the numba kernels serve depthwise convs on CPU float32/float64
+    if backend == "torch":
+        monkeypatch.setattr(sparse_conv, "_numba_depthwise", lambda feats: False)
+    x = random_voxels(4, seed=3)
+    x = SparseVoxels(x.feats.to(device), x.coords.to(device), x.spatial_shape, x.batch_size, (0.1, 0.2, 0.4),
+                     (-1.0, -2.0, -3.0))
+    torch.manual_seed(0)
+    mods = [SubMConv3d(4, 4, 3, depthwise=depthwise), SparseConv3d(4, 4, 3, stride=(1, 2, 2), padding=1,
+                                                                     indice_key="d"),
+            SubMConv3d(4, 4, 3, depthwise=depthwise), SparseInverseConv3d(4, 4, 3, indice_key="d")]
+    for m in mods:
+        m.to(device)
+        m.use_spconv = backend == "spconv"
+    a = mods[0](x)
+    b = mods[1](a)
+    c = mods[2](b)
+    d = mods[3](c)
+    # submanifold: same sites, metadata and cache
+    for y, src in ((a, x), (c, b)):
+        assert y.coords is src.coords and y.cache is src.cache
+        assert (y.spatial_shape, y.voxel_size, y.origin, y.batch_size) == (src.spatial_shape, src.voxel_size,
+                                                                           src.origin, src.batch_size)
+    # strided: int32 (b, z, y, x) unique rows inside the output shape, scaled voxel size
+    assert b.coords.dtype == torch.int32 and b.coords.shape[1] == 4
+    assert b.spatial_shape == sparse_conv.strided_output_shape(x.spatial_shape, (3, 3, 3), (1, 2, 2), (1, 1, 1),
+                                                               (1, 1, 1))
+    assert all(isinstance(s, int) for s in b.spatial_shape)
+    assert torch.unique(b.coords, dim=0).shape[0] == b.coords.shape[0]
+    hi = torch.tensor([b.batch_size, *b.spatial_shape], device=device)
+    assert bool(((b.coords >= 0) & (b.coords < hi)).all())
+    assert b.voxel_size == pytest.approx((0.2, 0.4, 0.4)) and b.origin == x.origin and b.batch_size == x.batch_size
+    assert b.cache is not x.cache
+    # inverse: exactly the source sites, metadata and cache
+    assert d.coords is a.coords and d.cache is a.cache
+    assert (d.spatial_shape, d.voxel_size, d.origin, d.batch_size) == (x.spatial_shape, x.voxel_size, x.origin,
+                                                                       x.batch_size)
+    # the features agree with the functional torch path
+    wa = sparse_conv.subm_conv3d(_cpu(x), mods[0].weight.cpu(),
+                                 mods[0].bias.cpu(), depthwise=depthwise)
+    wb = sparse_conv.sparse_conv3d(wa, mods[1].weight.cpu(), mods[1].bias.cpu(), (1, 2, 2), 1, indice_key="d")
+    order = _match_rows(b.coords.cpu(), wb.coords)
+    torch.testing.assert_close(b.feats.cpu().float(), wb.feats[order], atol=1e-4, rtol=1e-4)
+    wc = sparse_conv.subm_conv3d(wb, mods[2].weight.cpu(), mods[2].bias.cpu(), depthwise=depthwise)
+    wd = sparse_conv.sparse_inverse_conv3d(wc, mods[3].weight.cpu(), "d", mods[3].bias.cpu())
+    torch.testing.assert_close(d.feats.cpu().float(), wd.feats, atol=1e-4, rtol=1e-4)
+
+
+def _cpu(x: SparseVoxels) -> SparseVoxels:
+    return SparseVoxels(x.feats.detach().cpu().float(), x.coords.cpu(), x.spatial_shape, x.batch_size, x.voxel_size,
+                        x.origin)
+
+
+def _match_rows(coords: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Index into ``ref`` of each row of ``coords`` (both unique int (b, z, y, x) rows, same set)."""
+    key = {tuple(r): i for i, r in enumerate(ref.tolist())}
+    assert len(key) == coords.shape[0]
+    return torch.tensor([key[tuple(r)] for r in coords.tolist()])
+
+
+def test_inverse_of_a_spconv_strided_conv_on_the_torch_path_says_so():
+    x = random_voxels(4, seed=1)
+    out = sparse_conv3d(x, torch.randn(4, 3, 3, 3, 4), stride=2, padding=1, indice_key="k")
+    entry = out.cache[("sparse_conv.inverse", "k")]
+    out.cache[("sparse_conv.inverse", "k")] = (None, *entry[1:])  # what the spconv path registers
+    with pytest.raises(ValueError, match="ran on spconv"):
+        sparse_inverse_conv3d(out, torch.randn(4, 3, 3, 3, 4), "k")
+    with pytest.raises(ValueError, match=r"no strided sparse conv with indice_key='nope'.*\['k'\]"):
+        sparse_inverse_conv3d(out, torch.randn(4, 3, 3, 3, 4), "nope")

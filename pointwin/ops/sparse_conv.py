@@ -240,6 +240,45 @@ def subm_conv3d(x: SparseVoxels, weight: torch.Tensor, bias: torch.Tensor | None
     return x.replace(sparse_conv_features(x.feats, weight, kmap, bias, depthwise))
 
 
+# Output metadata: one definition for every backend (torch gather-scatter, numba depthwise, spconv).
+# Contract: coords int32 (b, z, y, x) rows (unique; their order is the backend's), spatial_shape a tuple of
+# ints (Z, Y, X); a submanifold conv keeps its input's coords, metadata and cache; a strided conv scales
+# voxel_size (x, y, z) by the stride (z, y, x) and keeps origin and batch_size, with a fresh cache; the
+# inverse conv returns exactly the strided conv's input sites: its coords (same order), spatial_shape,
+# batch_size, voxel_size, origin and cache.
+
+
+def strided_output_voxels(x: SparseVoxels, feats: torch.Tensor, coords: torch.Tensor, spatial_shape: Sequence[int],
+                          stride: Triple, indice_key: str | None, kmap: KernelMap | None) -> SparseVoxels:
+    """The SparseVoxels a strided conv of ``x`` returns (any backend); with ``indice_key`` it remembers x's
+    sites for :func:`inverse_output_voxels` (``kmap`` None when the backend keeps its own map, e.g. spconv)."""
+    voxel_size = None if x.voxel_size is None else tuple(v * s for v, s in zip(x.voxel_size, stride[::-1]))
+    out = SparseVoxels(feats, coords.to(torch.int32), tuple(int(s) for s in spatial_shape), x.batch_size,
+                       voxel_size, x.origin)
+    if indice_key is not None:
+        # Keep coords and cache of the source sites, not its features (they would stay alive).
+        out.cache[("sparse_conv.inverse", indice_key)] = (kmap, x.coords, x.spatial_shape, x.batch_size,
+                                                          x.voxel_size, x.origin, x.cache)
+    return out
+
+
+def inverse_entry(x: SparseVoxels, indice_key: str, op: str = "sparse_inverse_conv3d") -> tuple:
+    """What the strided conv registered under ``indice_key`` remembered, or a ValueError naming the keys."""
+    entry = x.cache.get(("sparse_conv.inverse", indice_key))
+    if entry is None:
+        raise ValueError(f"{op}: no strided sparse conv with indice_key={indice_key!r} produced these voxels "
+                         f"(keys present: {[k[1] for k in x.cache if k[0] == 'sparse_conv.inverse']})")
+    return entry
+
+
+def inverse_output_voxels(entry: tuple, feats: torch.Tensor) -> SparseVoxels:
+    """The SparseVoxels an inverse conv returns (any backend): the source sites with their metadata and cache."""
+    _, coords, spatial_shape, batch_size, voxel_size, origin, cache = entry
+    if feats.shape[0] != coords.shape[0]:
+        raise ValueError(f"inverse sparse conv: {feats.shape[0]} output rows for {coords.shape[0]} source sites")
+    return SparseVoxels(feats, coords, spatial_shape, batch_size, voxel_size, origin, cache)
+
+
 def sparse_conv3d(x: SparseVoxels, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
                   dilation: int | Sequence[int] = 1, depthwise: bool = False,
@@ -255,28 +294,22 @@ def sparse_conv3d(x: SparseVoxels, weight: torch.Tensor, bias: torch.Tensor | No
     kmap, out_coords, out_shape = x.cached(
         key, lambda: strided_kernel_map(x.coords, x.spatial_shape, kernel_size, stride, padding, dilation))
     feats = sparse_conv_features(x.feats, weight, kmap, bias, depthwise)
-    voxel_size = None if x.voxel_size is None else tuple(v * s for v, s in zip(x.voxel_size, stride[::-1]))
-    out = SparseVoxels(feats, out_coords, out_shape, x.batch_size, voxel_size, x.origin)
-    if indice_key is not None:
-        # Keep coords and cache of the source sites, not its features (they would stay alive).
-        out.cache[("sparse_conv.inverse", indice_key)] = (kmap, x.coords, x.spatial_shape, x.batch_size,
-                                                          x.voxel_size, x.origin, x.cache)
-    return out
+    return strided_output_voxels(x, feats, out_coords, out_shape, stride, indice_key, kmap)
 
 
 def sparse_inverse_conv3d(x: SparseVoxels, weight: torch.Tensor, indice_key: str,
                           bias: torch.Tensor | None = None, depthwise: bool = False) -> SparseVoxels:
     """Inverse of the strided conv registered under ``indice_key``: back to that conv's input sites."""
-    entry = x.cache.get(("sparse_conv.inverse", indice_key))
-    if entry is None:
-        raise ValueError(f"sparse_inverse_conv3d: no strided sparse conv with indice_key={indice_key!r} produced "
-                         f"these voxels (keys present: {[k[1] for k in x.cache if k[0] == 'sparse_conv.inverse']})")
-    kmap, coords, spatial_shape, batch_size, voxel_size, origin, cache = entry
+    entry = inverse_entry(x, indice_key)
+    kmap, coords = entry[0], entry[1]
+    if kmap is None:
+        raise ValueError(f"sparse_inverse_conv3d: the strided conv under indice_key={indice_key!r} ran on spconv, "
+                         f"which keeps its own map; run its inverse on spconv too (same device, use_spconv=True)")
     if kmap.splits.numel() - 1 != math.prod(weight.shape[1:4]):
         raise ValueError(f"sparse_inverse_conv3d: weight {tuple(weight.shape)} has a different kernel size than "
                          f"the conv registered under {indice_key!r}")
     feats = sparse_conv_features(x.feats, weight, kmap.transposed(coords.shape[0]), bias, depthwise)
-    return SparseVoxels(feats, coords, spatial_shape, batch_size, voxel_size, origin, cache)
+    return inverse_output_voxels(entry, feats)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,12 +384,18 @@ class _SparseConvBase(nn.Module):
         indice_dict = x.cache.setdefault(("spconv.indice_dict",), {})
         t = spconv.SparseConvTensor(x.feats, x.coords, list(x.spatial_shape), x.batch_size)
         t.indice_dict = indice_dict  # spconv keeps its pair maps here, shared along the network
+        entry = inverse_entry(x, self.indice_key, cls_name) if cls_name == "SparseInverseConv3d" else None
         y = mod(t)
         feats = y.features if self.bias is None else y.features + self.bias
+        # metadata from the shared helpers, exactly as on the torch path
         if cls_name == "SubMConv3d":
             return x.replace(feats)
-        out = SparseVoxels(feats, y.indices.int(), tuple(int(s) for s in y.spatial_shape), x.batch_size,
-                           None, x.origin)
+        if cls_name == "SparseInverseConv3d":
+            if not torch.equal(y.indices.int(), entry[1].int()):
+                raise RuntimeError("spconv's inverse conv returned its sites in another order than the strided "
+                                   "conv's input; pointwin's contract needs the input's own order")
+            return inverse_output_voxels(entry, feats)
+        out = strided_output_voxels(x, feats, y.indices, y.spatial_shape, self.stride, self.indice_key, None)
         out.cache[("spconv.indice_dict",)] = y.indice_dict
         return out
 

@@ -102,7 +102,7 @@ def group_pairs(partition: Partition) -> tuple[torch.Tensor, torch.Tensor]:
 
 def contextual_rpe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, query_rows: torch.Tensor,
                              key_rows: torch.Tensor, rel_idx: torch.Tensor, table_q: torch.Tensor,
-                             table_k: torch.Tensor, table_v: torch.Tensor) -> torch.Tensor:
+                             table_k: torch.Tensor, table_v: torch.Tensor, chunk: int = 1 << 22) -> torch.Tensor:
     """Softmax attention over explicit (query, key) pairs with sptr's contextual relative-position embedding.
 
     Args:
@@ -110,26 +110,35 @@ def contextual_rpe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         query_rows, key_rows: (M,) pairs; every row must be a query of at least one pair.
         rel_idx: (M, 3) int table row per pair and axis.
         table_q, table_k, table_v: (L, 3, H, D).
+        chunk: elements of the (pairs, H, D) gathers computed at a time (bounds the memory).
 
     Returns (N, H, D): ``sum_j softmax_j(q.(k_j + Tq_ij) + k_j.Tk_ij) (v_j + Tv_ij)`` with
-    ``T_ij = sum_a table[rel_idx[ij, a], a]``.
+    ``T_ij = sum_a table[rel_idx[ij, a], a]``. The table terms are never gathered per pair: ``q . table`` and
+    ``k . table`` are formed per row and table entry ((N, 3, L, H)) and picked per pair, and the value term is
+    the per-(query, entry) sum of the weights times the table.
     """
-    a0, a1, a2 = rel_idx[:, 0], rel_idx[:, 1], rel_idx[:, 2]
-
-    def emb(table: torch.Tensor) -> torch.Tensor:
-        return table[a0, 0] + table[a1, 1] + table[a2, 2]  # (M, H, D)
-
-    kj = k[key_rows]
-    score = (q[query_rows] * (kj + emb(table_q))).sum(-1) + (kj * emb(table_k)).sum(-1)  # (M, H)
-    n, h = q.shape[0], q.shape[1]
+    n, h, d = q.shape
+    L = table_q.shape[0]
+    m = query_rows.shape[0]
+    qt = torch.einsum("nhd,rahd->narh", q, table_q)
+    kt = torch.einsum("nhd,rahd->narh", k, table_k)
+    step = max(1, chunk // max(h * d, 1))
+    score = torch.cat([(q[query_rows[i:i + step]] * k[key_rows[i:i + step]]).sum(-1) for i in range(0, m, step)]) \
+        if m else q.new_zeros(0, h)
+    for a in range(3):
+        score = score + qt[query_rows, a, rel_idx[:, a]] + kt[key_rows, a, rel_idx[:, a]]
     idx = query_rows[:, None].expand(-1, h)
-    top = score.new_full((n, h), float("-inf")).scatter_reduce(0, idx, score, "amax", include_self=True)
+    top = score.new_full((n, h), float("-inf")).scatter_reduce(0, idx, score.detach(), "amax", include_self=True)
     e = torch.exp(score - top[query_rows])
     den = score.new_zeros(n, h).index_add(0, query_rows, e)
     w = e / den[query_rows]
-    # one dtype for index_add (CUDA autocast runs exp in fp32 while v is bf16/fp16)
-    out = w.new_zeros(v.shape).index_add(0, query_rows, w[..., None] * (v[key_rows] + emb(table_v)).to(w.dtype))
-    return out.to(v.dtype)
+    out = torch.zeros_like(v)
+    for i in range(0, m, step):
+        out = out.index_add(0, query_rows[i:i + step], w[i:i + step, :, None] * v[key_rows[i:i + step]])
+    for a in range(3):
+        acc = w.new_zeros(n * L, h).index_add(0, query_rows * L + rel_idx[:, a], w)
+        out = out + torch.einsum("nrh,rhd->nhd", acc.view(n, L, h), table_v[:, a])
+    return out
 
 
 class SphereAttention(nn.Module):
