@@ -399,6 +399,9 @@ def evaluate_kitti(gt_frames: Sequence[Sequence[KittiObject]], dt_frames: Sequen
             vals = [v for v in vals if not math.isnan(v)]
             if vals:
                 out[f"mAP/{metric}@strict/moderate/{rname}"] = float(np.mean(vals))
+    # the headline numbers (means over classes) first, then class by class
+    out = {**{k: v for k, v in out.items() if k.startswith("mAP/")},
+           **{k: v for k, v in out.items() if not k.startswith("mAP/")}}
     return out, curves
 
 
