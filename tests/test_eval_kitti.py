@@ -550,3 +550,21 @@ def test_pointwin_eval_kitti_reads_result_files(tmp_path, capsys):
     assert got["Car/3d@0.70/moderate/R40"] == 0.0 and got["Pedestrian/3d@0.50/easy/R11"] == pytest.approx(100 / 11)
     assert main(["eval", "kitti", "--pred", str(pred), "--gt", str(tmp_path / "nope")]) != 0
     assert "label_2 folder" in capsys.readouterr().err
+
+
+def test_detections_outside_the_image_are_dropped_and_png_size_is_read(tmp_path):
+    from pointwin.evaluation.kitti import image_size_of, project_boxes_to_image
+
+    calib = read_calib(shared_file("kitti/full/calib/000000.txt"))
+    boxes = np.array([[20.0, 0.0, -0.8, 4.0, 1.7, 1.5, 0.0],     # ahead: in the image
+                      [-10.0, 0.0, -0.8, 4.0, 1.7, 1.5, 0.0],    # behind the car: no corner in front
+                      [5.0, 30.0, -0.8, 4.0, 1.7, 1.5, 0.0],     # far to the left: outside the image
+                      [1.0, -2.0, -0.8, 4.0, 1.7, 1.5, 0.0]])    # beside the car, partly in front of the camera
+    bbox, visible = project_boxes_to_image(boxes, calib)
+    assert visible.tolist()[:3] == [True, False, False]
+    assert (bbox[visible][:, [0, 2]] >= 0).all() and (bbox[visible][:, [0, 2]] <= 1241).all()
+    rows = detections_to_kitti(boxes, np.ones(4), np.zeros(4, int), ("Car",), calib)
+    assert len(rows) == int(visible.sum())
+    png = tmp_path / "a.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (1224).to_bytes(4, "big") + (370).to_bytes(4, "big"))
+    assert image_size_of(png) == (1224, 370) and image_size_of(tmp_path / "missing.png") is None
