@@ -100,7 +100,7 @@ def test_predict_command_writes_per_frame_json(detector_ckpt, tmp_path, capsys, 
     assert (out / "000000.png").stat().st_size > 1000
     assert f"for 1 files to {out}" in capsys.readouterr().out
     assert main(["predict", str(ckpt), str(scan), "--out", str(out), "--dims", "3", "--device", "cpu"]) == 2
-    assert "461536 float32 values is not a multiple of 3" in capsys.readouterr().err
+    assert "size 1846144 bytes is not a multiple of 12 bytes per point (3 x float32)" in capsys.readouterr().err
     np.save(tmp_path / "xyz.npy", np.zeros((10, 3), np.float32))
     assert main(["predict", str(ckpt), str(tmp_path / "xyz.npy"), "--out", str(out), "--device", "cpu"]) == 2
     assert "xyz.npy: expected (N, >= 4) points" in capsys.readouterr().err

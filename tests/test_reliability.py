@@ -454,3 +454,25 @@ def test_visualize_bad_boxes_json_is_one_line(tmp_path, capsys):
     assert main(["visualize", "points", str(pts), "--boxes", str(boxes), "--out", str(tmp_path / "o.png")]) == 2
     line = _err_line(capsys)
     assert f"{boxes}: expected a JSON list of [x, y, z, dx, dy, dz, yaw] boxes" in line
+
+
+def test_nuscenes_submission_bad_boxes_name_the_entry(tmp_path):
+    from pointwin.evaluation.nuscenes import read_submission
+
+    good = {"sample_token": "s1", "translation": [1.0, 2.0, 0.5], "size": [1.9, 4.5, 1.6],
+            "rotation": [1.0, 0.0, 0.0, 0.0], "velocity": [0.0, 0.0], "detection_name": "car",
+            "detection_score": 0.7, "attribute_name": "vehicle.moving"}
+    path = tmp_path / "results.json"
+    for field, value, expected in [("detection_score", float("nan"), "detection_score = nan"),
+                                   ("detection_score", 1.5, "detection_score = 1.5"),
+                                   ("size", [1.9, 0.0, 1.6], "size (w, l, h) = [1.9, 0.0, 1.6]; every size must be"),
+                                   ("translation", [1.0, float("inf"), 0.5], "translation [1.0, inf, 0.5] is not")]:
+        bad = dict(good, **{field: value})
+        path.write_text(json.dumps({"meta": {}, "results": {"s1": [good, bad]}}))
+        with pytest.raises(EvaluationError) as e:
+            read_submission(path)
+        assert str(e.value).startswith(f"{path}: results['s1'][1]: {expected}")
+        assert e.value.key == "results['s1'][1]"
+    path.write_text(json.dumps({"meta": {}, "results": {"s1": [good]}}))
+    boxes, _ = read_submission(path)
+    assert len(boxes.scores) == 1 and float(boxes.scores[0]) == pytest.approx(0.7)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..fileio import write_json
 from ..structures import Boxes3D, Sample
 from .base import DATASETS, PointDataset
@@ -209,9 +210,16 @@ class NuScenesTables:
                     raise FileNotFoundError(f"{path} not found (required nuScenes table {name!r})")
                 self.tables[name] = []
                 continue
-            data = json.loads(path.read_text())
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: not valid JSON ({e})", path=path, line=e.lineno) from None
             if not isinstance(data, list):
-                raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+                raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}", path=path)
+            bad = next((i for i, r in enumerate(data) if not isinstance(r, dict) or "token" not in r), None)
+            if bad is not None:
+                raise DataError(f"{path}: record {bad} has no 'token' (every nuScenes table record has one)",
+                                path=path, key=f"[{bad}].token")
             self.tables[name] = data
         self._index = {name: {r["token"]: r for r in rows} for name, rows in self.tables.items()}
 
@@ -219,7 +227,8 @@ class NuScenesTables:
         try:
             return self._index[table][token]
         except KeyError:
-            raise KeyError(f"nuScenes {self.version}: no {table!r} record with token {token!r}") from None
+            raise DataError(f"nuScenes {self.version}: no {table!r} record with token {token!r}",
+                            path=self.root / self.version / f"{table}.json", key=token) from None
 
     def __getitem__(self, table: str) -> list[dict]:
         return self.tables[table]
@@ -609,10 +618,12 @@ class NuScenesDataset(PointDataset):
                  remove_close: float = 1.0, transforms=None, aug_seed: int = 0) -> None:
         super().__init__(transforms, aug_seed)
         self.root = Path(root)
-        doc = json.loads(Path(info_path).read_text())
+        from .base import read_json
+
+        doc = read_json(info_path)
         if not isinstance(doc, dict) or "infos" not in doc:
-            raise ValueError(f"{info_path}: expected a JSON object with 'metadata' and 'infos' "
-                             "(written by create_nuscenes_infos)")
+            raise DataError(f"{info_path}: expected a JSON object with 'metadata' and 'infos' "
+                            "(written by create_nuscenes_infos)", path=info_path)
         self.metadata, self.infos = doc.get("metadata", {}), doc["infos"]
         self.class_names = tuple(class_names)
         self.num_sweeps, self.with_velocity, self.filter_empty = num_sweeps, with_velocity, filter_empty
@@ -645,9 +656,11 @@ class NuScenesDataset(PointDataset):
                 raise KeyError(f"frame {info['token']} has no lidarseg labels (lidarseg.json lacks its sample_data)")
             fine = np.fromfile(self.root / info["lidarseg_path"], dtype=np.uint8).astype(np.int64)
             if len(fine) != n_key:
-                raise ValueError(f"{info['lidarseg_path']}: {len(fine)} labels for {n_key} keyframe points")
+                raise DataError(f"{info['lidarseg_path']}: {len(fine)} labels for {n_key} keyframe points",
+                                path=self.root / info["lidarseg_path"])
             if len(fine) and fine.max() >= len(self._seg_map):
-                raise ValueError(f"{info['lidarseg_path']}: label {fine.max()} outside the category index table")
+                raise DataError(f"{info['lidarseg_path']}: label {fine.max()} outside the category index table",
+                                path=self.root / info["lidarseg_path"])
             point_labels = torch.full((len(points),), -1, dtype=torch.long)
             point_labels[:n_key] = torch.from_numpy(self._seg_map[fine])
         return Sample(points=torch.from_numpy(points), channels=self.channels, frame_id=info["frame_id"],

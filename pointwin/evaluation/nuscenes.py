@@ -31,6 +31,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from ..errors import EvaluationError
 from ..fileio import write_json
 
 DETECTION_CLASSES = ("car", "truck", "bus", "trailer", "construction_vehicle", "pedestrian", "motorcycle", "bicycle",
@@ -412,15 +413,17 @@ def read_submission(path: str | os.PathLike, ego_translation: dict[str, np.ndarr
     try:
         data = json.loads(Path(path).read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise EvaluationError(f"{path}: not valid JSON ({e})", path=path, line=e.lineno) from None
     if not isinstance(data, dict) or "results" not in data or not isinstance(data["results"], dict):
-        raise ValueError(f"{path}: expected an object with a 'results' mapping of sample tokens to box lists")
+        raise EvaluationError(f"{path}: expected an object with a 'results' mapping of sample tokens to box lists",
+                              path=path)
     tokens = list(sample_tokens) if sample_tokens is not None else list(data["results"])
     index = {t: i for i, t in enumerate(tokens)}
     rows = []
     for tok, lst in data["results"].items():
         if tok not in index:
-            raise ValueError(f"{path}: sample token {tok!r} is not one of the evaluated samples")
+            raise EvaluationError(f"{path}: sample token {tok!r} is not one of the evaluated samples", path=path,
+                                  key=f"results[{tok!r}]")
         for k, b in enumerate(lst):
             try:
                 name = b["detection_name"]
@@ -429,7 +432,12 @@ def read_submission(path: str | os.PathLike, ego_translation: dict[str, np.ndarr
                              DETECTION_CLASSES.index(name), float(b["detection_score"]),
                              ATTRIBUTE_NAMES.index(attr) if attr else -1))
             except (KeyError, ValueError, TypeError) as e:
-                raise ValueError(f"{path}: results[{tok!r}][{k}] is not a valid detection box ({e!r})") from e
+                raise EvaluationError(f"{path}: results[{tok!r}][{k}] is not a valid detection box ({e!r})",
+                                      path=path, key=f"results[{tok!r}][{k}]") from None
+            problem = _box_problem(rows[-1])
+            if problem:
+                raise EvaluationError(f"{path}: results[{tok!r}][{k}]: {problem}", path=path,
+                                      key=f"results[{tok!r}][{k}]")
     n = len(rows)
     sample = np.array([r[0] for r in rows], np.int64)
     trans = np.array([r[1] for r in rows], np.float64).reshape(n, 3)
@@ -444,6 +452,22 @@ def read_submission(path: str | os.PathLike, ego_translation: dict[str, np.ndarr
                           np.array([r[7] for r in rows], np.int64),
                           np.hypot(trans[:, 0] - ego[:, 0], trans[:, 1] - ego[:, 1]), None, tokens)
     return boxes, data.get("meta", {})
+
+
+def _box_problem(row: tuple) -> str:
+    """What is wrong with one parsed submission box (translation, size, rotation, velocity, score), or ''."""
+    _, trans, size, rot, vel, _, score, _ = row
+    for name, value, n in (("translation", trans, 3), ("size", size, 3), ("rotation", rot, 4), ("velocity", vel, 2)):
+        arr = np.asarray(value, np.float64).reshape(-1)
+        if arr.size != n:
+            return f"{name} must have {n} numbers, got {arr.size}"
+        if name != "velocity" and not np.isfinite(arr).all():  # the devkit allows NaN velocity (unknown)
+            return f"{name} {arr.tolist()} is not finite"
+    if (np.asarray(size, np.float64) <= 0).any():
+        return f"size (w, l, h) = {list(size)}; every size must be > 0"
+    if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+        return f"detection_score = {score}; scores must be finite numbers in [0, 1]"
+    return ""
 
 
 def from_eval_boxes(eval_boxes, sample_tokens: list[str] | None = None) -> NuScenesBoxes:
