@@ -67,6 +67,7 @@ def test_shipped_config_is_the_pointcept_model():
     bb = model.backbone
     assert isinstance(bb, PTv3) and bb.grid == "data" and bb.shuffle_orders == "always"
     assert type(model.vfe).__name__ == "MeanVFE" and model.vfe.out_channels == 4
+    assert model.vfe.feature_scale == pytest.approx((1.0, 1.0, 1.0, 1 / 255))  # Pointcept's strength
     assert bb.stem_norm.eps == pytest.approx(1e-3) and bb.stem_norm.momentum == pytest.approx(0.01)
     assert from_reference({}, model, "pointcept").incompatible == []
     # every tensor has a Pointcept name

@@ -293,6 +293,11 @@ def test_mean_vfe_is_the_voxel_mean():
     for row, (_, z, y, x) in enumerate(vox.coords.tolist()):
         m = (cell[:, 0] == x) & (cell[:, 1] == y) & (cell[:, 2] == z)
         assert torch.allclose(vox.feats[row], pts[m].mean(0), atol=1e-4)
+    scaled = MeanVFE((0.5, 0.5, 0.5), (0.0, 0.0, 0.0, 4.0, 4.0, 2.0), 4, feature_scale=(1, 1, 1, 1 / 255))
+    out = scaled(Points(pts, torch.zeros(500, dtype=torch.long), 1))
+    assert torch.allclose(out.feats, vox.feats * torch.tensor([1, 1, 1, 1 / 255]))
+    with pytest.raises(ValueError, match="feature_scale"):
+        MeanVFE((0.5, 0.5, 0.5), (0.0, 0.0, 0.0, 4.0, 4.0, 2.0), 4, feature_scale=(1, 1))
 
 
 def _official_segmentor(**backbone):

@@ -167,11 +167,15 @@ class MeanVFE(nn.Module):
     (so stride-2 levels below group the same children, up to log2(cell_align) levels), while the grid and
     the features (unshifted means) stay pointwin's.
 
+    ``feature_scale``: one factor per output channel applied to the means (Pointcept feeds nuScenes intensity
+    / 255 as "strength": ``[1, 1, 1, 1/255]``); None keeps the raw values (SphereFormer).
+
     Shapes: Points (N, C) -> SparseVoxels feats (V, num_point_features).
     """
 
     def __init__(self, voxel_size: Sequence[float], point_cloud_range: Sequence[float], num_point_features: int = 4,
-                 cell_dtype: str = "float64", cell_origin: str = "range", cell_align: int = 32) -> None:
+                 cell_dtype: str = "float64", cell_origin: str = "range", cell_align: int = 32,
+                 feature_scale: Sequence[float] | None = None) -> None:
         super().__init__()
         if cell_dtype not in CELL_DTYPES:
             raise ValueError(f"MeanVFE: cell_dtype must be one of {list(CELL_DTYPES)}, got {cell_dtype!r}")
@@ -180,6 +184,10 @@ class MeanVFE(nn.Module):
         if int(cell_align) < 1:
             raise ValueError(f"MeanVFE: cell_align must be a positive number of cells, got {cell_align!r}")
         self.cell_origin, self.cell_align = cell_origin, int(cell_align)
+        if feature_scale is not None and len(feature_scale) != num_point_features:
+            raise ValueError(f"MeanVFE: feature_scale needs one factor per feature ({num_point_features}), got "
+                             f"{list(feature_scale)}")
+        self.feature_scale = None if feature_scale is None else tuple(float(f) for f in feature_scale)
         if num_point_features < 3:
             raise ValueError(f"MeanVFE: num_point_features must be >= 3 (x, y, z), got {num_point_features}")
         self.voxel_size = tuple(float(v) for v in voxel_size)
@@ -208,4 +216,7 @@ class MeanVFE(nn.Module):
         vox = self.voxelize(points) if vox is None else vox
         kept = vox.kept
         data = points.data[kept, : self.num_point_features].float()
-        return vox.to_sparse(voxel_pool(data, vox.point_voxel[kept], vox.num_voxels, "mean"))
+        mean = voxel_pool(data, vox.point_voxel[kept], vox.num_voxels, "mean")
+        if self.feature_scale is not None:
+            mean = mean * mean.new_tensor(self.feature_scale)
+        return vox.to_sparse(mean)
