@@ -183,3 +183,33 @@ def test_only_pointwins_own_stale_temporaries_are_removed(tmp_path):
     t.fit()
     assert not stale.exists()
     assert all(p.exists() for p in keep)  # other names (and temporaries of files a run never writes) stay
+
+
+def test_resume_purges_the_repeated_steps_from_log_and_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pointwin.engine import Trainer, TrainSettings
+    from tests.engine_fixtures import TinyBoxDataset, TinyRegressor
+
+    def trainer() -> Trainer:
+        torch.manual_seed(0)
+        return Trainer(TinyRegressor(), TinyBoxDataset(8), TrainSettings(epochs=2, batch_size=2, log_every=1),
+                       tmp_path, seed=0, progress=False)
+
+    first = trainer()
+    first.fit(max_steps=3)  # latest.pth at step 3
+    for step in (4, 5):  # steps a killed run logged after its last checkpoint
+        first.logger.log({"mode": "train", "epoch": 1, "iter": step, "loss": 100.0 + step}, step=step)
+    first.close()
+    second = trainer()
+    assert second.resume("auto") and second.iteration == 3
+    second.fit()
+    second.close()
+    iters = [json.loads(line)["iter"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert iters == list(range(1, 9))
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    events = acc.Scalars("train/loss")
+    assert [e.step for e in events] == list(range(1, 9))  # steps 4 and 5 of the killed run purged
+    assert all(e.value < 100.0 for e in events)

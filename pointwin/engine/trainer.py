@@ -208,10 +208,10 @@ class RunLogger:
     def truncate_after(self, iteration: int) -> int:
         """Drop the records of steps after ``iteration`` (and a line torn by a kill), so that a resumed run
         does not log those steps twice; returns the number of lines dropped."""
-        if not self.enabled or not self.path.is_file():
+        if not self.enabled:
             return 0
         keep, dropped = [], 0
-        for line in self.path.read_text().splitlines():
+        for line in self.path.read_text().splitlines() if self.path.is_file() else []:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -223,6 +223,12 @@ class RunLogger:
             keep.append(line)
         if dropped:
             write_text(self.path, "".join(f"{ln}\n" for ln in keep))
+        if self.tb is not None:  # TensorBoard too: events of the steps after ``iteration`` are purged
+            from torch.utils.tensorboard import SummaryWriter
+
+            log_dir = self.tb.log_dir
+            self.tb.close()
+            self.tb = SummaryWriter(log_dir, purge_step=iteration + 1)
         return dropped
 
     def print(self, text: str) -> None:
