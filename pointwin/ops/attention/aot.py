@@ -242,17 +242,21 @@ def problems(rows: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| target | kernel | dtype | BLOCK_D | blocks | prec | warps/stages | regs | spill B | shared KB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    """One line per launch, sm_80 and sm_90 side by side: registers / spilled bytes per thread / shared KB."""
+    archs = sorted({r["arch"] for r in rows})
+    by = {}
     for r in rows:
         c = r["constexprs"]
         blocks = f"M{c['BLOCK_M']} N{c['BLOCK_N']}" if "BLOCK_M" in c else f"S{c['BLOCK_S']} C{c['CHUNK']}"
-        if r["ok"]:
-            res = f"{r['regs']} | {r['spill']} | {r['shared'] / 1024:.1f}"
-        else:
-            res = "compile error | | "
-        lines.append(f"| sm_{r['arch']} | {r['kernel']} | {r['dtype']} | {r['block_d']} | {blocks} | {c['PREC']} | "
-                     f"{r['num_warps']}/{r['num_stages']} | {res} |")
+        key = (r["kernel"], r["dtype"], r["block_d"], blocks, c["PREC"], f"{r['num_warps']}/{r['num_stages']}")
+        by.setdefault(key, {})[r["arch"]] = (f"{r['regs']} / {r['spill']} / {r['shared'] / 1024:.0f}" if r["ok"]
+                                             else "compile error")
+    head = "| kernel | dtype | BLOCK_D | blocks | dot | warps/stages | " + " | ".join(
+        f"sm_{a} regs / spill B / smem KB" for a in archs) + " |"
+    lines = [head, "|" + "---|" * (6 + len(archs))]
+    for key in sorted(by, key=lambda k: (k[0], k[2], k[1], k[3])):
+        lines.append("| " + " | ".join(str(x) for x in key) + " | "
+                     + " | ".join(by[key].get(a, "-") for a in archs) + " |")
     return "\n".join(lines)
 
 
