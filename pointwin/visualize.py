@@ -239,7 +239,7 @@ def read_points_file(path: str | os.PathLike, dims: int = 4) -> np.ndarray:
     if pts.ndim != 2 or pts.shape[1] < 3:
         raise DataError(f"expected (N, >=3) points, got shape {pts.shape}", path=path)
     pts = pts.astype(np.float32, copy=False)
-    check_points(pts, path)
+    check_points(pts, path, max_abs_coord=None)  # .bin: read_raw_points also checked the coordinates
     return pts
 
 

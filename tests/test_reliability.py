@@ -476,3 +476,15 @@ def test_nuscenes_submission_bad_boxes_name_the_entry(tmp_path):
     path.write_text(json.dumps({"meta": {}, "results": {"s1": [good]}}))
     boxes, _ = read_submission(path)
     assert len(boxes.scores) == 1 and float(boxes.scores[0]) == pytest.approx(0.7)
+
+
+def test_npy_keeps_large_coordinates_bin_does_not(tmp_path):
+    """A .npy records its dtype: global-frame coordinates (UTM, 5e5 m) are legitimate there; a raw .bin with
+    the same values is refused because its dtype is only assumed."""
+    pts = np.array([[512_345.5, 5_403_210.0, 12.0, 0.3]], np.float32)
+    np.save(tmp_path / "utm.npy", pts)
+    np.testing.assert_array_equal(load_points(tmp_path / "utm.npy", 4), pts)
+    pts.tofile(tmp_path / "utm.bin")
+    with pytest.raises(DataError, match=r"utm.bin: point 0 has x = 512346, beyond the plausible \+-10000 m"):
+        load_points(tmp_path / "utm.bin", 4)
+    assert read_raw_points(tmp_path / "utm.bin", 4, max_abs_coord=None).shape == (1, 4)  # explicit opt-out

@@ -131,8 +131,8 @@ def load_points(path: str | os.PathLike, num_channels: int | None = None,
                 channels: Sequence[str] | None = None) -> np.ndarray:
     """Read a ``.npy`` array or a raw float32 ``.bin`` file of ``num_channels`` columns as float32 (N, C).
 
-    The values are checked by :func:`check_points` (finite, coordinates within +-1e4 m); errors are
-    :class:`~pointwin.errors.DataError` naming the file.
+    The values are checked by :func:`check_points`: finite, and for raw ``.bin`` files (whose dtype is
+    only assumed) coordinates within +-1e4 m; errors are :class:`~pointwin.errors.DataError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -147,7 +147,9 @@ def load_points(path: str | os.PathLike, num_channels: int | None = None,
         if not np.issubdtype(arr.dtype, np.number):
             raise DataError(f"expected a numeric array, got dtype {arr.dtype}", path=path)
         arr = arr.astype(np.float32, copy=False)
-        check_points(arr, path, channels)
+        # a .npy header records its dtype, so no dtype mix-up can make coordinates implausible (and large
+        # global-frame coordinates are legitimate there): only finiteness is checked
+        check_points(arr, path, channels, max_abs_coord=None)
         return arr
     if path.suffix == ".bin":
         if num_channels is None:
