@@ -12,7 +12,10 @@ Output layout under ``out``::
     waymo_infos.json                   :func:`merge_waymo_infos` of all finished segments
 
 A segment is written into ``.partial-<segment>-<pid>`` and renamed to ``<segment>`` when complete, so a
-segment folder that exists is finished: an interrupted run resumes by skipping those. ``shard=(i, n)``
+segment folder that exists is finished: an interrupted run resumes by skipping those, and removes the
+``.partial-*`` folders a killed run left for its own shard's segments (so never run the same shard twice at
+the same time into one ``out``). Errors name the file (a corrupt TFRecord: the byte offset of the record)
+and reach the caller unchanged from worker processes; empty TFRecord files are reported as a warning. ``shard=(i, n)``
 takes every n-th segment (in sorted order) starting at i, so n machines can split a split between them.
 """
 
