@@ -267,3 +267,97 @@ def test_inverse_of_a_spconv_strided_conv_on_the_torch_path_says_so():
         sparse_inverse_conv3d(out, torch.randn(4, 3, 3, 3, 4), "k")
     with pytest.raises(ValueError, match=r"no strided sparse conv with indice_key='nope'.*\['k'\]"):
         sparse_inverse_conv3d(out, torch.randn(4, 3, 3, 3, 4), "nope")
+
+
+class _FakeSpconv:
+    """A stand-in for ``spconv.pytorch`` built on pointwin's torch path, so that the spconv branch of the
+    modules (output metadata, inverse bookkeeping, the bf16-autocast guard) runs without spconv or a GPU.
+    It records the feature dtype and autocast state each conv sees."""
+
+    class ConvAlgo:
+        MaskImplicitGemm = "MaskImplicitGemm"
+
+    seen: list = []
+
+    class SparseConvTensor:
+        def __init__(self, features, indices, spatial_shape, batch_size):
+            self.features, self.indices, self.spatial_shape, self.batch_size = (features, indices,
+                                                                                 list(spatial_shape), batch_size)
+            self.indice_dict = {}
+
+    def __init__(self):
+        fake = self
+
+        class _Conv(torch.nn.Module):
+            kind = ""
+
+            def __init__(self, cin, cout, kernel_size, bias=False, indice_key=None, algo=None, stride=1, padding=0,
+                         dilation=1):
+                super().__init__()
+                self.weight = torch.nn.Parameter(torch.empty(cout, *kernel_size, cin))
+                self.key, self.stride, self.padding, self.dilation = indice_key, stride, padding, dilation
+
+            def forward(self, t):
+                fake.seen.append((t.features.dtype, torch.is_autocast_enabled("cpu")))
+                from pointwin.ops import sparse_conv as sc
+
+                w = self.weight.to(t.features.dtype)
+                if self.kind == "inverse":
+                    src = t.indice_dict[self.key]
+                    x = SparseVoxels(t.features, t.indices, tuple(t.spatial_shape), t.batch_size, cache=src.cache)
+                    y = sc.sparse_inverse_conv3d(x, w, self.key)
+                else:
+                    x = SparseVoxels(t.features, t.indices, tuple(t.spatial_shape), t.batch_size)
+                    y = (sc.subm_conv3d(x, w) if self.kind == "subm" else
+                         sc.sparse_conv3d(x, w, None, self.stride, self.padding, self.dilation, indice_key=self.key))
+                out = _FakeSpconv.SparseConvTensor(y.feats, y.coords, y.spatial_shape, y.batch_size)
+                out.indice_dict = t.indice_dict
+                if self.kind == "strided":
+                    out.indice_dict[self.key] = y
+                return out
+
+        self.SubMConv3d = type("SubMConv3d", (_Conv,), {"kind": "subm"})
+        self.SparseConv3d = type("SparseConv3d", (_Conv,), {"kind": "strided"})
+        self.SparseInverseConv3d = type("SparseInverseConv3d", (_Conv,), {"kind": "inverse"})
+
+
+def test_spconv_branch_contract_and_bf16_guard(monkeypatch):
+    """The modules' spconv branch (emulated): same metadata and features as the torch path; under bf16
+    autocast spconv runs in fp32 with autocast off (spconv itself would cast to fp16)."""
+    import sys
+    import types
+
+    from pointwin.ops import sparse_conv
+
+    fake = _FakeSpconv()
+    pkg = types.ModuleType("spconv")
+    pkg.pytorch = fake
+    monkeypatch.setitem(sys.modules, "spconv", pkg)
+    monkeypatch.setitem(sys.modules, "spconv.pytorch", fake)
+    x0 = random_voxels(4, seed=4)
+    x = SparseVoxels(x0.feats, x0.coords, x0.spatial_shape, x0.batch_size, (0.1, 0.2, 0.4), (1.0, 2.0, 3.0))
+    torch.manual_seed(0)
+    mods = [SubMConv3d(4, 4, 3), SparseConv3d(4, 6, 3, stride=(1, 2, 2), padding=1, indice_key="d"),
+            SparseInverseConv3d(6, 4, 3, indice_key="d")]
+
+    def run(use):
+        monkeypatch.setattr(sparse_conv, "_spconv_available", lambda v: use)
+        y, outs = x, []
+        for m in mods:
+            y = m(y)
+            outs.append(y)
+        return outs
+
+    ref, got = run(False), run(True)
+    assert len(fake.seen) == 3
+    for a, b in zip(got, ref):
+        assert (a.spatial_shape, a.voxel_size, a.origin, a.batch_size) == (b.spatial_shape, b.voxel_size, b.origin,
+                                                                           b.batch_size)
+        torch.testing.assert_close(a.feats, b.feats)
+    assert got[1].voxel_size == pytest.approx((0.2, 0.4, 0.4))  # was None on the spconv path
+    assert got[2].coords is x.coords and got[2].cache is x.cache  # the source's sites and cache
+    assert ("spconv.indice_dict",) in got[1].cache
+    fake.seen.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run(True)
+    assert fake.seen == [(torch.float32, False)] * 3

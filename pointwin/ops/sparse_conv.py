@@ -23,6 +23,7 @@ is never used on the CPU (its CPU scatter-add races under multi-threaded torch).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -382,10 +383,17 @@ class _SparseConvBase(nn.Module):
             self.__dict__["_spconv_module"] = mod
         mod.weight = self.weight  # shares the Parameter
         indice_dict = x.cache.setdefault(("spconv.indice_dict",), {})
-        t = spconv.SparseConvTensor(x.feats, x.coords, list(x.spatial_shape), x.batch_size)
+        feats_in, guard = x.feats, contextlib.nullcontext()
+        dev = x.feats.device.type
+        if torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.bfloat16:
+            # spconv's functional layer casts its inputs to fp16 under any autocast, and under bf16 autocast
+            # no GradScaler guards fp16 gradients: run spconv in fp32 instead.
+            feats_in, guard = x.feats.float(), torch.autocast(dev, enabled=False)
+        t = spconv.SparseConvTensor(feats_in, x.coords, list(x.spatial_shape), x.batch_size)
         t.indice_dict = indice_dict  # spconv keeps its pair maps here, shared along the network
         entry = inverse_entry(x, self.indice_key, cls_name) if cls_name == "SparseInverseConv3d" else None
-        y = mod(t)
+        with guard:
+            y = mod(t)
         feats = y.features if self.bias is None else y.features + self.bias
         # metadata from the shared helpers, exactly as on the torch path
         if cls_name == "SubMConv3d":
