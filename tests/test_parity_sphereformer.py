@@ -435,3 +435,47 @@ def test_contextual_rpe_attention_gradients():
         return contextual_rpe_attention(q, k, v, qr, kr, rel, tq, tk, tv, chunk=7)
 
     assert torch.autograd.gradcheck(f, (*args, *tables))
+
+
+@pytest.mark.parametrize("cin,cout", [(6, 6), (12, 6)])
+def test_preact_residual_block_matches_dense_float64(cin, cout):
+    """The official ResidualBlock wiring (BN-ReLU-conv twice, 1x1 conv on the identity when the width changes)
+    against dense float64 conv3d on the zero-filled grid, read at the active sites."""
+    import torch.nn.functional as F
+
+    from pointwin.models.backbones3d.sphereseg import PreActResBlock
+    from tests.test_models import random_voxels
+
+    torch.manual_seed(0)
+    vox = random_voxels((5, 9, 9), (90, 40), cin, seed=cin)
+    vox = vox.replace(vox.feats.double())
+    blk = PreActResBlock(cin, cout).double().eval()
+    for bn in (blk.bn1, blk.bn2):
+        bn.running_mean.normal_(0, 0.3)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_(0, 0.2)
+    with torch.no_grad():
+        got = blk(vox).feats
+    c = vox.coords.long()
+
+    def at_sites(dense):  # (B, C, Z, Y, X) -> (N, C)
+        return dense[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
+
+    def dense_of(feats):
+        return vox.replace(feats).dense()
+
+    def conv(feats, w):
+        k = w.shape[1]
+        return at_sites(F.conv3d(dense_of(feats), w.permute(0, 4, 1, 2, 3), padding=k // 2))
+
+    def bn(x, m):
+        return (x - m.running_mean) / torch.sqrt(m.running_var + m.eps) * m.weight + m.bias
+
+    with torch.no_grad():
+        y = conv(torch.relu(bn(vox.feats, blk.bn1)), blk.conv1.weight)
+        y = conv(torch.relu(bn(y, blk.bn2)), blk.conv2.weight)
+        ident = vox.feats if blk.skip is None else conv(vox.feats, blk.skip.weight)
+    assert (blk.skip is None) == (cin == cout)
+    assert blk.bn1.eps == pytest.approx(1e-4)
+    torch.testing.assert_close(got, y + ident)
