@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import DataError
 from .fileio import atomic_path
 
 GT_COLOR = "#00a000"
@@ -166,7 +167,7 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not a JSON line ({e})") from None
+            raise DataError(f"{path}:{i}: not a JSON line ({e})", path=path, line=i) from None
     return out
 
 
@@ -230,7 +231,6 @@ def read_points_file(path: str | os.PathLike, dims: int = 4) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"point file not found: {path}")
     from pointwin.datasets.base import check_points, read_raw_points
-    from pointwin.errors import DataError
 
     if path.suffix == ".npy":
         pts = np.load(path, allow_pickle=False)

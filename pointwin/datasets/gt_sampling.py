@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..structures import Boxes3D, Sample
 from ._geometry import bev_overlap
 from ._raycast import points_in_boxes_np
@@ -112,11 +113,11 @@ def read_gt_database(path: str | os.PathLike) -> dict[str, Any]:
         path = path / "gt_database.json"
     db = read_json(path)
     if not isinstance(db, dict) or db.get("format") != DB_FORMAT or db.get("version") != DB_VERSION:
-        raise ValueError(f"{path}: not a pointwin GT database version {DB_VERSION} (key 'format': {DB_FORMAT!r})")
+        raise DataError(f"{path}: not a pointwin GT database version {DB_VERSION} (key 'format': {DB_FORMAT!r})")
     for i, obj in enumerate(db.get("objects", [])):
         for key in ("class", "path", "box", "num_points"):
             if key not in obj:
-                raise ValueError(f"{path}: objects[{i}] has no key {key!r}")
+                raise DataError(f"{path}: objects[{i}] has no key {key!r}", path=path, key=key)
     db["_root"] = path.parent
     return db
 
@@ -213,7 +214,7 @@ class GTSampling:
             path = self.root / obj["path"]
             pts = np.load(path, allow_pickle=False)
             if pts.ndim != 2 or pts.shape[1] != sample.points.shape[1]:
-                raise ValueError(f"{path}: expected ({obj['num_points']}, {sample.points.shape[1]}) points, "
+                raise DataError(f"{path}: expected ({obj['num_points']}, {sample.points.shape[1]}) points, "
                                  f"got {pts.shape}")
             pts = torch.from_numpy(pts).double()
             pts[:, :3] += torch.from_numpy(box[:3])

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..structures import Boxes3D, Sample
 from . import _raycast as rc
 from ._geometry import bev_overlap
@@ -623,7 +624,7 @@ def create_synthetic(out_dir: str | os.PathLike, num_train: int = 200, num_val: 
     if settings_path.exists():
         old = read_json(settings_path)
         if json.loads(json.dumps(old)) != json.loads(json.dumps(settings)):
-            raise ValueError(f"{settings_path} was written with different settings; use a new out_dir "
+            raise DataError(f"{settings_path} was written with different settings; use a new out_dir "
                              f"(old: {old}, new: {settings})")
     else:
         atomic_write_json(settings_path, settings)

@@ -517,6 +517,6 @@ def evaluate_files(result_path: str | os.PathLike, dataroot: str | os.PathLike, 
     pred, _ = read_submission(result_path, ego, tokens)
     missing = set(tokens) - set(json.loads(Path(result_path).read_text())["results"])
     if missing:
-        raise ValueError(f"{result_path}: {len(missing)} samples of the {eval_set} split have no entry "
+        raise EvaluationError(f"{result_path}: {len(missing)} samples of the {eval_set} split have no entry "
                          "(the devkit requires every sample)")
     return evaluate(pred, from_eval_boxes(gt_eval, tokens), cfg, bike_racks=racks)

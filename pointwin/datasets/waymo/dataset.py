@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...errors import DataError
 from ...structures import Boxes3D, Sample
 from ..base import DATASETS, PointDataset
 
@@ -55,7 +56,7 @@ class WaymoDataset(PointDataset):
             raise FileNotFoundError(f"{path} not found: run create_waymo_infos / merge_waymo_infos first")
         self.infos = json.loads(path.read_text())
         if not isinstance(self.infos, list):
-            raise ValueError(f"{path}: expected a JSON list of frame infos, got {type(self.infos).__name__}")
+            raise DataError(f"{path}: expected a JSON list of frame infos, got {type(self.infos).__name__}")
         self.class_names = tuple(class_names)
         self.channels = tuple(channels)
         self.drop_nlz_points, self.min_points_in_box = drop_nlz_points, min_points_in_box
@@ -81,7 +82,7 @@ class WaymoDataset(PointDataset):
                 raise KeyError(f"frame {info['frame_id']} has no segmentation labels (seg_path is empty)")
             seg = np.load(self.root / info["seg_path"], allow_pickle=False)
             if seg.shape != (len(pts), 2):
-                raise ValueError(f"{info['seg_path']}: expected ({len(pts)}, 2) labels, got {seg.shape}")
+                raise DataError(f"{info['seg_path']}: expected ({len(pts)}, 2) labels, got {seg.shape}")
             semantic = seg[:, 1].astype(np.int64)
             point_labels = np.where(semantic > 0, semantic - 1, -1)
         if self.drop_nlz_points:
