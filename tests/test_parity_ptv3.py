@@ -180,3 +180,22 @@ def test_orders_shuffle_per_stage_and_always_mode():
         PTv3(4, shuffle_orders="sometimes")
     with pytest.raises(ValueError, match="grid"):
         PTv3(4, grid="crop")
+
+
+def test_shipped_voxelization_gives_pointcept_grid_coords():
+    """The shipped config (MeanVFE over a range whose minimum is a multiple of 0.05 m, then the Pointcept grid)
+    turns the raw keyframe into exactly the fixture's ``grid_coord`` (floor(p / 0.05) - per-sample minimum)."""
+    _, inputs, _, _ = _fixture()
+    from pointwin.structures import Points
+
+    frame = SHARED_DATA / "nuscenes" / "n015-2018-07-24-11-22-45+0800__LIDAR_TOP__1532402927647951.pcd.bin"
+    if not frame.exists():
+        pytest.skip(f"{frame} not present")
+    pts = torch.from_numpy(np.fromfile(frame, dtype=np.float32).reshape(-1, 5)[:, :4].copy())
+    model = _shipped_model()
+    vox = model.vfe(Points(pts, torch.zeros(len(pts), dtype=torch.long), 1))
+    grid, depth = PTv3.data_grid(vox)
+    ours = set(map(tuple, grid.coords[:, 1:].flip(1).tolist()))  # (x, y, z)
+    ref = set(map(tuple, inputs["grid_coord"].tolist()))
+    print(f"keyframe at 0.05 m: {len(ours)} voxels ours, {len(ref)} Pointcept, {len(ours & ref)} common, depth {depth}")
+    assert len(ours) == len(ref) and len(ours ^ ref) <= 4 and depth == 12  # float borders aside
