@@ -268,7 +268,7 @@ def _lidar_pose(tables: NuScenesTables, sd: dict) -> tuple[np.ndarray, np.ndarra
 def _lidar_keyframe(tables: NuScenesTables, sample_token: str, lidar_sd: dict[str, dict]) -> dict:
     sd = lidar_sd.get(sample_token)
     if sd is None:
-        raise KeyError(f"nuScenes {tables.version}: sample {sample_token} has no LIDAR_TOP keyframe sample_data")
+        raise DataError(f"nuScenes {tables.version}: sample {sample_token} has no LIDAR_TOP keyframe sample_data")
     return sd
 
 
@@ -297,7 +297,7 @@ def _lidarseg_map(tables: NuScenesTables) -> list[int]:
     out = [-1] * (max(i for i, _ in pairs) + 1)
     for idx, name in pairs:
         if name not in LIDARSEG_FINE_TO_COARSE:
-            raise KeyError(f"nuScenes category {name!r} (lidarseg index {idx}) has no lidarseg challenge mapping")
+            raise DataError(f"nuScenes category {name!r} (lidarseg index {idx}) has no lidarseg challenge mapping")
         coarse = LIDARSEG_FINE_TO_COARSE[name]
         out[idx] = -1 if coarse is None else LIDARSEG_CLASSES.index(coarse)
     return out
@@ -653,7 +653,7 @@ class NuScenesDataset(PointDataset):
         point_labels = None
         if self.with_lidarseg:
             if "lidarseg_path" not in info:
-                raise KeyError(f"frame {info['token']} has no lidarseg labels (lidarseg.json lacks its sample_data)")
+                raise DataError(f"frame {info['token']} has no lidarseg labels (lidarseg.json lacks its sample_data)")
             fine = np.fromfile(self.root / info["lidarseg_path"], dtype=np.uint8).astype(np.int64)
             if len(fine) != n_key:
                 raise DataError(f"{info['lidarseg_path']}: {len(fine)} labels for {n_key} keyframe points",

@@ -71,7 +71,7 @@ class WaymoDataset(PointDataset):
         stored = tuple(info["channels"])
         missing = [c for c in self.channels if c not in stored]
         if missing:
-            raise KeyError(f"frame {info['frame_id']}: channels {missing} not among the stored {stored}")
+            raise DataError(f"frame {info['frame_id']}: channels {missing} not among the stored {stored}")
         path = self.root / info["lidar_path"]
         from ..base import load_points
 
@@ -79,7 +79,7 @@ class WaymoDataset(PointDataset):
         point_labels = None
         if self.with_segmentation:
             if not info.get("seg_path"):
-                raise KeyError(f"frame {info['frame_id']} has no segmentation labels (seg_path is empty)")
+                raise DataError(f"frame {info['frame_id']} has no segmentation labels (seg_path is empty)")
             seg = np.load(self.root / info["seg_path"], allow_pickle=False)
             if seg.shape != (len(pts), 2):
                 raise DataError(f"{info['seg_path']}: expected ({len(pts)}, 2) labels, got {seg.shape}")

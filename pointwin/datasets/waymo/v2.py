@@ -274,7 +274,7 @@ def frame_points(frame: V2Frame, calibrations: dict[int, LidarCalibration], retu
     out = _Collector()
     for laser in sorted(frame.range_images):
         if laser not in calibrations:
-            raise KeyError(f"segment {frame.segment}: laser {laser} has no row in lidar_calibration")
+            raise DataError(f"segment {frame.segment}: laser {laser} has no row in lidar_calibration")
         cal = calibrations[laser]
         seg_returns = (segmentation or {}).get((frame.timestamp, laser), [None, None])
         for r in returns:
