@@ -22,6 +22,8 @@ from .conftest import SHARED_DATA
 FIXTURE = SHARED_DATA / "parity" / "sphereformer_windows"
 LEVELS = (1, 2, 3, 4, 5)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _fixture():
     if not FIXTURE.is_dir():
@@ -479,3 +481,139 @@ def test_preact_residual_block_matches_dense_float64(cin, cout):
     assert (blk.skip is None) == (cin == cout)
     assert blk.bn1.eps == pytest.approx(1e-4)
     torch.testing.assert_close(got, y + ident)
+
+
+def _official_semantic_forward(W, feats, coords, batch_size, cfg):
+    """The official ``Semantic`` forward written against its checkpoint names, float64, dense convs on an
+    (x, y, z)-ordered grid with the spconv (C_out, kx, ky, kz, C_in) kernels as stored, submanifold = dense conv
+    read at the active sites; attention by :func:`_naive_official_attention`. ``coords`` (N, 4) = (b, x, y, z)."""
+    import types
+
+    import torch.nn.functional as F
+
+    def dense(f, c, shape):
+        out = f.new_zeros(batch_size, f.shape[1], *shape)
+        out[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]] = f
+        return out
+
+    def subm(f, c, shape, w):
+        k = w.shape[1]
+        y = F.conv3d(dense(f, c, shape), w.permute(0, 4, 1, 2, 3), padding=k // 2)
+        return y[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
+
+    def bn(f, p):
+        return (f - W[p + "running_mean"]) / torch.sqrt(W[p + "running_var"] + cfg["bn_eps"]) * W[p + "weight"] \
+            + W[p + "bias"]
+
+    def ln(f, p):
+        return F.layer_norm(f, f.shape[1:], W[p + "weight"], W[p + "bias"])
+
+    def res(f, c, shape, p):
+        y = subm(torch.relu(bn(f, p + "conv_branch.0.")), c, shape, W[p + "conv_branch.2.weight"])
+        y = subm(torch.relu(bn(y, p + "conv_branch.3.")), c, shape, W[p + "conv_branch.5.weight"])
+        ident = subm(f, c, shape, W[p + "i_branch.0.weight"]) if p + "i_branch.0.weight" in W else f
+        return y + ident
+
+    def ublock(level, f, c, shape, pos, vsize):
+        p = "unet." + "u." * level
+        for r in range(cfg["block_reps"]):
+            f = res(f, c, shape, p + f"blocks.block{r}.")
+        t = p + "transformer_block."
+        names = {"qkv.weight": "attn.qkv.weight", "qkv.bias": "attn.qkv.bias", "proj.weight": "attn.proj.weight",
+                 "proj.bias": "attn.proj.bias"}
+        for kind, suffix in (("cubic", ""), ("radial", "_sphere")):
+            for short, full in (("q", "query"), ("k", "key"), ("v", "value")):
+                names[f"{kind}_table_{short}"] = f"attn.relative_pos_{full}_table{suffix}"
+        window = (cfg["radial_window"][0] * 2 ** level, cfg["radial_window"][1] * 2 ** level, cfg["radial_window"][2])
+        attn = types.SimpleNamespace(quant_grid_length=24, num_heads=cfg["num_heads"][level], channels=f.shape[1],
+                                     cubic_window=(6, 6, 6), radial_window=window, range_a=0.0125,
+                                     state_dict=lambda: {k: W[t + v] for k, v in names.items()})
+        h = _naive_official_attention(ln(f, t + "norm1."), pos, c[:, 0], attn, vsize)
+        f = f + h.to(f.dtype)
+        m = ln(f, t + "norm2.") @ W[t + "mlp.fc1.weight"].T + W[t + "mlp.fc1.bias"]
+        f = f + F.gelu(m) @ W[t + "mlp.fc2.weight"].T + W[t + "mlp.fc2.bias"]
+        if p + "conv.2.weight" not in W:
+            return f
+        w = W[p + "conv.2.weight"]
+        down = F.conv3d(dense(torch.relu(bn(f, p + "conv.0.")), c, shape), w.permute(0, 4, 1, 2, 3), stride=2)
+        occ = F.conv3d(dense(f.new_ones(len(c), 1), c, shape), f.new_ones(1, 1, 2, 2, 2), stride=2)
+        pc = torch.nonzero(occ[:, 0] > 0)  # (b, x, y, z), sorted
+        pshape = tuple(occ.shape[2:])
+        g = down[pc[:, 0], :, pc[:, 1], pc[:, 2], pc[:, 3]]
+        key = {tuple(r): i for i, r in enumerate(pc.tolist())}
+        parent = torch.tensor([key.get((b, x // 2, y // 2, z // 2), -1) for b, x, y, z in c.tolist()])
+        ok = parent >= 0
+        ppos = torch.zeros(len(pc), 3, dtype=pos.dtype).index_add_(0, parent[ok], pos[ok])
+        ppos /= torch.zeros(len(pc), dtype=pos.dtype).index_add_(0, parent[ok], torch.ones(int(ok.sum()),
+                                                                  dtype=pos.dtype))[:, None]
+        g = ublock(level + 1, g, pc, pshape, ppos, tuple(2 * v for v in vsize))
+        wi = W[p + "deconv.2.weight"]  # (C_out, kx, ky, kz, C_in): out[2p + k] += W[k] x[p]
+        up = F.conv_transpose3d(dense(torch.relu(bn(g, p + "deconv.0.")), pc, pshape), wi.permute(4, 0, 1, 2, 3),
+                                stride=2)
+        up = F.pad(up, [0, shape[2] - up.shape[4], 0, shape[1] - up.shape[3], 0, shape[0] - up.shape[2]])
+        f = torch.cat([f, up[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]], 1)
+        for r in range(cfg["block_reps"]):
+            f = res(f, c, shape, p + f"blocks_tail.block{r}.")
+        return f
+
+    shape = tuple(int(v) + 1 for v in coords[:, 1:].amax(0))
+    f = subm(feats, coords, shape, W["input_conv.0.weight"])
+    f = ublock(0, f, coords, shape, feats[:, :3], cfg["voxel_size"])
+    f = torch.relu(bn(f, "output_layer.0."))
+    return f @ W["linear.weight"].T + W["linear.bias"]
+
+
+def test_official_network_through_converter_matches_float64_reference():
+    """Random weights under the official names -> ``pointwin convert --from sphereformer`` -> SphereSeg's logits
+    equal an independent float64 forward of the official network written against those names (dense convs with
+    the spconv kernels as stored, so the kernel-axis swap, inverse conv, concat order and table names are all
+    checked)."""
+    from pointwin.export.converters import load_reference_state, to_reference
+    from pointwin.models import build_model
+
+    torch.manual_seed(0)
+    cfg = {"block_reps": 2, "bn_eps": 1e-4, "num_heads": (2, 2, 2), "radial_window": (40.0, 40.0, 120.0),
+           "voxel_size": (0.1, 0.1, 0.1)}
+    model_cfg = {"type": "Segmentor", "class_names": ["a", "b", "c"], "point_cloud_range": [0, 0, 0, 1.2, 1.2, 0.8],
+                 "voxel_size": list(cfg["voxel_size"]), "vfe": {"type": "MeanVFE", "num_point_features": 4},
+                 "backbone": {"type": "SphereSeg", "channels": [8, 16, 16], "num_heads": list(cfg["num_heads"]),
+                              "attention_levels": [0, 1, 2], "cubic_window": [6, 6, 6],
+                              "radial_window": list(cfg["radial_window"]), "radial_window_scale": [2.0, 2.0],
+                              "rpe": "contextual", "window_origin": "batch_min", "unet": "official", "block_reps": 2,
+                              "bn_eps": 1e-4, "ffn_ratio": 4.0, "drop_path": 0.3, "positions": "input_mean"},
+                 "head": {"type": "SegHead", "ignore_index": -1}}
+    model = build_model(model_cfg).double().eval()
+    g = torch.Generator().manual_seed(7)
+    ref = {k: (torch.randn(v.shape, generator=g, dtype=torch.float64) * 0.3 if v.is_floating_point() else v)
+           for k, v in to_reference(model.state_dict(), model, "sphereformer").items()}
+    for k in ref:
+        if k.endswith("running_var"):
+            ref[k] = ref[k].abs() + 0.5
+    load_reference_state(model, ref, "sphereformer")
+    # 2 samples of voxels on a 12 x 12 x 8 grid; the first three feature channels (the positions) lie on a ring
+    # 3-6 m around the sensor, independent of the grid cell, so radial windows hold several voxels
+    coords = torch.cat([torch.stack([torch.full((n,), b), *(torch.randperm(12 * 12 * 8, generator=g)[:n]
+                                                             .div(d, rounding_mode="floor") % m for d, m in
+                                                             ((96, 12), (8, 12), (1, 8)))], 1)
+                        for b, n in ((0, 70), (1, 50))])  # (b, x, y, z)
+    coords = torch.unique(coords, dim=0)
+    n = len(coords)
+    r, az, z, inten = torch.rand(4, n, generator=g, dtype=torch.float64)
+    r, az, z = 3 + 3 * r, az * 6.28, z - 0.5
+    pos = torch.stack([r * torch.cos(az), r * torch.sin(az), z], 1)
+    feats = torch.cat([pos, inten[:, None]], 1)
+    from pointwin.structures import SparseVoxels
+
+    vox = SparseVoxels(feats, torch.cat([coords[:, :1], coords[:, 1:].flip(1)], 1).int(), (8, 12, 12), 2,
+                       (0.1, 0.1, 0.1), (0.0, 0.0, 0.0))
+    with torch.no_grad():
+        ours = model.head.cls(model.backbone(vox).feats)
+        want = _official_semantic_forward(ref, feats, coords.long(), 2, cfg)
+    diff = float((ours - want).abs().max())
+    print(f"official SphereFormer network (3 levels, random weights) vs float64 reference: max abs diff {diff:.1e} "
+          f"(|logits| max {float(want.abs().max()):.2f})")
+    assert diff < 1e-8 * max(1.0, float(want.abs().max()))
+    # the checks bite: the stem kernel copied without the (kx, ky, kz) -> (kz, ky, kx) swap changes the logits
+    with torch.no_grad():
+        model.backbone.stem_conv.weight.copy_(ref["input_conv.0.weight"])
+        assert float((model.head.cls(model.backbone(vox).feats) - want).abs().max()) > 1e-3
