@@ -199,3 +199,140 @@ def test_shipped_voxelization_gives_pointcept_grid_coords():
     ref = set(map(tuple, inputs["grid_coord"].tolist()))
     print(f"keyframe at 0.05 m: {len(ours)} voxels ours, {len(ref)} Pointcept, {len(ours & ref)} common, depth {depth}")
     assert len(ours) == len(ref) and len(ours ^ ref) <= 4 and depth == 12  # float borders aside
+
+
+def _pointcept_forward(W, feat, grid, batch, cfg):
+    """Pointcept's PT-v3m1 + seg head written against its checkpoint names, float64: grid from each sample's
+    minimum, depth = bit length of (max + 1), dense convs on the (x, y, z) grid with the spconv kernels as
+    stored, patches per sample with the missing slots of the last patch taken K slots earlier (flash path),
+    orders not shuffled. Serialization codes come from pointwin's ``serialize`` (checked exact above)."""
+    import torch.nn.functional as F
+
+    B = int(batch.max()) + 1
+    grid = grid.clone()
+    for b in range(B):
+        grid[batch == b] -= grid[batch == b].amin(0)
+    depth = int(grid.max() + 1).bit_length()
+
+    def bn(x, p):
+        return (x - W[p + "running_mean"]) / torch.sqrt(W[p + "running_var"] + 1e-3) * W[p + "weight"] + W[p + "bias"]
+
+    def ln(x, p):
+        return F.layer_norm(x, x.shape[1:], W[p + "weight"], W[p + "bias"])
+
+    def lin(x, p):
+        return x @ W[p + "weight"].T + W[p + "bias"]
+
+    def subm(x, g, w, bias=None):
+        shape = tuple(int(v) + 1 for v in g.amax(0))
+        d = x.new_zeros(B, x.shape[1], *shape)
+        d[batch_of[id(g)], :, g[:, 0], g[:, 1], g[:, 2]] = x
+        y = F.conv3d(d, w.permute(0, 4, 1, 2, 3), bias, padding=w.shape[1] // 2)
+        return y[batch_of[id(g)], :, g[:, 0], g[:, 1], g[:, 2]]
+
+    def codes(g, b, order, dep):
+        c = torch.cat([b[:, None], g.flip(1)], 1)
+        return serialize(c, order, None, dep)
+
+    def block(x, g, b, dep, p, heads, K, order):
+        x = x + ln(lin(subm(x, g, W[p + "cpe.0.weight"], W[p + "cpe.0.bias"]), p + "cpe.1."), p + "cpe.2.")
+        h = ln(x, p + "norm1.0.")
+        qkv = lin(h, p + "attn.qkv.")
+        C = x.shape[1]
+        d = C // heads
+        out = torch.zeros_like(x)
+        code = codes(g, b, order, dep)
+        for s in range(B):
+            rows = torch.nonzero(b == s)[:, 0]
+            rows = rows[torch.argsort(code[rows])]
+            n = len(rows)
+            k = min(K, n)
+            slots = rows.tolist()
+            while len(slots) % k:
+                slots.append(slots[len(slots) - k])
+            for start in range(0, len(slots), k):
+                idx = torch.tensor(slots[start:start + k])
+                q, kk, v = qkv[idx].reshape(k, 3, heads, d).permute(1, 2, 0, 3)
+                a = torch.softmax((q * d ** -0.5) @ kk.transpose(-1, -2), -1) @ v  # (heads, k, d)
+                o = a.permute(1, 0, 2).reshape(k, C)
+                for j, r in enumerate(idx.tolist()):
+                    if start + j < n:  # a voxel's output comes from its own slot
+                        out[r] = o[j]
+        x = x + lin(out, p + "attn.proj.")
+        m = lin(F.gelu(lin(ln(x, p + "norm2.0."), p + "mlp.0.fc1.")), p + "mlp.0.fc2.")
+        return x + m
+
+    batch_of = {}
+    g, b, dep = grid, batch, depth
+    batch_of[id(g)] = b
+    x = F.gelu(bn(subm(feat, g, W["backbone.embedding.stem.conv.weight"]), "backbone.embedding.stem.norm."))
+    skips = []
+    for s in range(len(cfg["enc_depths"])):
+        if s > 0:
+            parent_code, cluster = torch.unique(codes(g, b, cfg["orders"][0], dep) >> 3, return_inverse=True)
+            y = lin(x, f"backbone.enc.enc{s}.down.proj.")
+            pooled = y.new_full((len(parent_code), y.shape[1]), float("-inf")).scatter_reduce(
+                0, cluster[:, None].expand_as(y), y, "amax")
+            skips.append((x, g, b, dep, cluster))
+            pg = torch.zeros(len(parent_code), 3, dtype=g.dtype).index_copy_(0, cluster, g >> 1)
+            pb = torch.zeros(len(parent_code), dtype=b.dtype).index_copy_(0, cluster, b)
+            x, g, b, dep = F.gelu(bn(pooled, f"backbone.enc.enc{s}.down.norm.0.")), pg, pb, dep - 1
+            batch_of[id(g)] = b
+        for i in range(cfg["enc_depths"][s]):
+            x = block(x, g, b, dep, f"backbone.enc.enc{s}.block{i}.", cfg["enc_heads"][s], cfg["K"],
+                      cfg["orders"][i % len(cfg["orders"])])
+    for s in reversed(range(len(cfg["enc_depths"]) - 1)):
+        sx, g, b, dep, cluster = skips.pop()
+        p = f"backbone.dec.dec{s}.up."
+        up = F.gelu(bn(lin(x, p + "proj.0."), p + "proj.1."))
+        x = F.gelu(bn(lin(sx, p + "proj_skip.0."), p + "proj_skip.1.")) + up[cluster]
+        for i in range(cfg["dec_depths"][s]):
+            x = block(x, g, b, dep, f"backbone.dec.dec{s}.block{i}.", cfg["dec_heads"][s], cfg["K"],
+                      cfg["orders"][i % len(cfg["orders"])])
+    return lin(x, "seg_head.")
+
+
+def test_pointcept_network_through_converter_matches_float64_reference():
+    """Random weights under Pointcept's names -> ``--from pointcept`` -> pointwin's logits equal an independent
+    float64 forward of PT-v3m1 written against those names (stem, CPE, patches with padding, pooling,
+    unpooling, seg head; orders not shuffled on either side)."""
+    from pointwin.export.converters import load_reference_state, to_reference
+
+    cfg = {"enc_depths": (2, 1), "enc_heads": (2, 2), "dec_depths": (1,), "dec_heads": (2,), "K": 16,
+           "orders": ("z", "hilbert-trans")}
+    model_cfg = {"type": "Segmentor", "class_names": ["a", "b", "c"], "point_cloud_range": [0, 0, 0, 1.0, 1.0, 0.5],
+                 "voxel_size": [0.05, 0.05, 0.05], "vfe": {"type": "MeanVFE", "num_point_features": 4},
+                 "backbone": {"type": "PTv3", "enc_channels": [8, 16], "enc_depths": list(cfg["enc_depths"]),
+                              "enc_num_heads": list(cfg["enc_heads"]), "enc_patch_size": cfg["K"],
+                              "dec_channels": [8], "dec_depths": list(cfg["dec_depths"]),
+                              "dec_num_heads": list(cfg["dec_heads"]), "dec_patch_size": cfg["K"],
+                              "orders": list(cfg["orders"]), "shuffle_orders": False, "grid": "data",
+                              "bn_eps": 1e-3, "bn_momentum": 0.01, "stem_kernel": 5},
+                 "head": {"type": "SegHead", "ignore_index": -1}}
+    model = build_model(model_cfg).double().eval()
+    g = torch.Generator().manual_seed(3)
+    ref = {k: (torch.randn(v.shape, generator=g, dtype=torch.float64) * 0.3 if v.is_floating_point() else v)
+           for k, v in to_reference(model.state_dict(), model, "pointcept").items()}
+    for k in ref:
+        if k.endswith("running_var"):
+            ref[k] = ref[k].abs() + 0.5
+    load_reference_state(model, ref, "pointcept")
+    # sample 0: 70 voxels (patches of 16 with padding), sample 1: 11 voxels (one short patch); not at the origin
+    rows = []
+    for b, n in ((0, 70), (1, 11)):
+        lin = torch.randperm(10 * 10 * 6, generator=g)[:n]
+        rows.append(torch.stack([torch.full((n,), b), 3 + lin // 60, 5 + (lin // 6) % 10, 2 + lin % 6], 1))
+    coords = torch.cat(rows)  # (b, x, y, z)
+    feats = torch.randn(len(coords), 4, generator=g, dtype=torch.float64)
+    vox = SparseVoxels(feats, torch.cat([coords[:, :1], coords[:, 1:].flip(1)], 1).int(), (10, 20, 16), 2)
+    with torch.no_grad():
+        ours = model.head.cls(model.backbone(vox).feats)
+        want = _pointcept_forward(ref, feats, coords[:, 1:].clone(), coords[:, 0], cfg)
+    diff = float((ours - want).abs().max())
+    print(f"Pointcept PT-v3m1 network (2 stages, random weights) vs float64 reference: max abs diff {diff:.1e} "
+          f"(|logits| max {float(want.abs().max()):.2f})")
+    assert diff < 1e-8 * max(1.0, float(want.abs().max()))
+    # the checks bite: pointwin's grid (cells from the grid origin) pools other 2x2x2 cells here (odd x offset)
+    model.backbone.grid = "shape"
+    with torch.no_grad():
+        assert float((model.head.cls(model.backbone(vox).feats) - want).abs().max()) > 1e-3
