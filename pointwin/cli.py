@@ -69,7 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-over", action="store_true",
                    help="with --resume auto: when every checkpoint in the work dir is unreadable, train from "
                         "scratch and overwrite them (without it, that stops with what was found)")
-    p.add_argument("--load-from", type=Path, default=None, help="start from these model weights (fine-tuning)")
+    p.add_argument("--load-from", type=Path, default=None,
+                   help="start from these model weights (fine-tuning): tensors whose name and shape match are "
+                        "loaded, the rest is reported")
+    p.add_argument("--strict-load", action="store_true",
+                   help="with --load-from: stop instead when any tensor is missing, extra or of another shape")
     p.add_argument("--no-eval", action="store_true", help="skip evaluation during training")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(p)
@@ -78,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, help="YAML config")
     p.add_argument("--ckpt", type=Path, required=True, help="checkpoint (.pth) to evaluate")
     p.add_argument("--split", default="val", help="data.<split> section of the config to use (default val)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write the predictions in the dataset's own format (Waymo .bin, nuScenes results "
+                        "JSON, KITTI label folder) for pointwin eval / the benchmark servers")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _common(p)
 
@@ -265,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                           device=args.device, seed=args.seed, config_text=cfg.dump(),
                           progress=not args.no_progress)
         if args.load_from is not None:
-            trainer.load_weights(args.load_from)
+            trainer.load_weights(args.load_from, strict=args.strict_load)
         if args.resume:
             trainer.resume(args.resume, start_over=args.start_over)
         metrics = trainer.fit()
@@ -290,21 +297,33 @@ def cmd_test(args: argparse.Namespace) -> int:
         model = build_model(cfg["model"], "model")
         dataset = build_dataset(_data_section(cfg, args.split), f"data.{args.split}")
         evaluate_fn = dataset_evaluator(dataset, cfg.get("eval"))
-        if evaluate_fn is None:
+        writer = getattr(dataset, "format_results", None)
+        if evaluate_fn is None and (args.out is None or writer is None):
             raise CLIError(f"the data.{args.split} dataset ({type(dataset).__name__}) has no evaluate() method")
-        work_dir = _work_dir(args)
+        if args.out is not None and writer is None:
+            raise CLIError(f"--out: the data.{args.split} dataset ({type(dataset).__name__}) has no prediction "
+                           "file format (format_results)")
+        # its own folder per checkpoint: nothing goes into the training run's log.jsonl or curves
+        work_dir = _work_dir(args) / "eval" / args.ckpt.stem
         trainer = Trainer(model, None, settings, work_dir, evaluate_fn=evaluate_fn, device=args.device,
                           seed=args.seed, progress=not args.no_progress)
-        trainer.load_weights(args.ckpt)
-        metrics = trainer.evaluate(dataset)
+        report = trainer.load_weights(args.ckpt)
+        trainer.epoch = report.epoch
+        if evaluate_fn is not None:
+            metrics = trainer.evaluate(dataset)
+        else:
+            trainer.last_results, metrics = trainer.predict(dataset), None
         trainer.close()
         if info.is_main and metrics is not None:
-            print_metrics(metrics, f"{args.split} ({args.ckpt.name})")
+            print_metrics(metrics, f"{args.split} ({args.ckpt.name}, epoch {report.epoch})")
             out = work_dir / f"test_{args.split}_metrics.json"
             from pointwin.fileio import write_text
 
             write_text(out, json.dumps(metrics, indent=2, default=str))  # atomic: temp name + rename
             print(f"metrics written to {out}")
+        if info.is_main and args.out is not None:
+            path = writer(trainer.last_results, args.out)
+            print(f"predictions written to {path}")
     finally:
         dist.cleanup()
     return 0

@@ -119,9 +119,11 @@ def test_train_test_resume_roundtrip(tiny_yaml, tmp_path, capsys):
     assert main(["test", str(tiny_yaml), "--ckpt", str(wd / "epoch_1.pth"), "--work-dir", str(wd),
                  "--device", "cpu", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "centre_error" in out
-    tested = json.loads((wd / "test_val_metrics.json").read_text())
+    assert "centre_error" in out and "(epoch_1.pth, epoch 1)" in out
+    # test writes into its own folder, never into the run's log or curves
+    tested = json.loads((wd / "eval" / "epoch_1" / "test_val_metrics.json").read_text())
     assert tested["centre_error"] == pytest.approx(val["centre_error"], rel=1e-6)
+    assert [r for r in _records(wd) if r["mode"] == "val"][-1] == val and not (wd / "test_val_metrics.json").exists()
 
     # resume auto with more epochs continues at step 5 (not from scratch)
     assert main(["train", str(tiny_yaml), "--work-dir", str(wd), "--device", "cpu", "--no-progress",
@@ -135,6 +137,34 @@ def test_train_test_resume_roundtrip(tiny_yaml, tmp_path, capsys):
     assert main(["test", str(tiny_yaml), "--ckpt", str(tmp_path / "other.pth"), "--work-dir", str(wd),
                  "--device", "cpu", "--no-progress"]) == 2
     assert "does not fit the model" in capsys.readouterr().err
+
+
+def test_fine_tune_with_a_changed_shape_loads_what_matches(tmp_path, capsys):
+    """--load-from with a re-sized layer: every tensor of matching name and shape is loaded, the rest named in
+    a short report; --strict-load stops instead (one line, exit 2)."""
+    from tests.engine_fixtures import tiny_config
+
+    wd = tmp_path / "run"
+    src = tmp_path / "src.yaml"
+    src.write_text(yaml.safe_dump(tiny_config(epochs=1)))
+    assert main(["train", str(src), "--work-dir", str(wd), "--device", "cpu", "--no-progress"]) == 0
+    before = torch.load(wd / "latest.pth", weights_only=True)["model"]
+    changed = tiny_config(epochs=1)
+    changed["model"]["hidden"] = 24  # every layer touching the hidden width changes shape
+    dst = tmp_path / "dst.yaml"
+    dst.write_text(yaml.safe_dump(changed))
+    capsys.readouterr()
+    assert main(["train", str(dst), "--work-dir", str(tmp_path / "ft"), "--device", "cpu", "--no-progress",
+                 "--load-from", str(wd / "latest.pth")]) == 0
+    out = capsys.readouterr().out
+    # hidden 16 -> 24 re-sizes mlp.0.*, mlp.2.* and out.weight (16 + 3 -> 24 + 3 inputs); out.bias (3,) fits
+    assert sorted(before) == ["mlp.0.bias", "mlp.0.weight", "mlp.2.bias", "mlp.2.weight", "out.bias", "out.weight"]
+    assert "loaded 1 tensors; 5 skipped (shape), 0 missing, 0 unexpected" in out
+    assert "skipped out.weight: checkpoint (3, 19) vs model (3, 27)" in out
+    assert main(["train", str(dst), "--work-dir", str(tmp_path / "ft2"), "--device", "cpu", "--no-progress",
+                 "--load-from", str(wd / "latest.pth"), "--strict-load"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model" in err and "skipped" in err and len(err.strip().splitlines()) == 1
 
 
 def test_create_data_synthetic(tmp_path, capsys):

@@ -25,6 +25,7 @@ import hashlib
 import random
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,14 +182,66 @@ def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "c
     return state
 
 
+@dataclass
+class WeightLoadReport:
+    """What :func:`load_model_weights` did with a checkpoint's model tensors.
+
+    Attributes:
+        loaded: model keys filled from the checkpoint.
+        shape_mismatch: (key, checkpoint shape, model shape) of tensors skipped (e.g. a head re-sized for
+            fine-tuning).
+        missing: model keys the checkpoint does not have (left at their initialisation).
+        unexpected: checkpoint keys the model does not have.
+        epoch: epochs the checkpoint had trained (0 when it does not say).
+    """
+
+    loaded: list[str]
+    shape_mismatch: list[tuple[str, tuple, tuple]]
+    missing: list[str]
+    unexpected: list[str]
+    epoch: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return not (self.shape_mismatch or self.missing or self.unexpected)
+
+    def summary(self, limit: int = 8) -> str:
+        """A one-screen report: counts, then the first ``limit`` keys of each kind."""
+        lines = [f"loaded {len(self.loaded)} tensors; {len(self.shape_mismatch)} skipped (shape), "
+                 f"{len(self.missing)} missing, {len(self.unexpected)} unexpected"]
+        for key, ckpt, own in self.shape_mismatch[:limit]:
+            lines.append(f"  skipped {key}: checkpoint {ckpt} vs model {own}")
+        lines += [f"  missing {k} (kept at its initialisation)" for k in self.missing[:limit]]
+        lines += [f"  unexpected {k} (ignored)" for k in self.unexpected[:limit]]
+        hidden = sum(max(0, len(x) - limit) for x in (self.shape_mismatch, self.missing, self.unexpected))
+        if hidden:
+            lines.append(f"  ... and {hidden} more")
+        return "\n".join(lines)
+
+
 def load_model_weights(model: torch.nn.Module, state: dict[str, Any], path: str | Path = "<memory>",
-                       strict: bool = True) -> None:
-    """Load ``state['model']`` into ``model``; on a mismatch, name the missing/unexpected keys."""
-    result = _unwrap(model).load_state_dict(state["model"], strict=False)
-    if strict and (result.missing_keys or result.unexpected_keys):
-        raise CheckpointError(f"checkpoint {path} does not fit the model: missing keys {result.missing_keys[:10]}"
-                              f"{' ...' if len(result.missing_keys) > 10 else ''}, unexpected keys "
-                              f"{result.unexpected_keys[:10]}{' ...' if len(result.unexpected_keys) > 10 else ''}")
+                       strict: bool = True) -> WeightLoadReport:
+    """Load ``state['model']`` into ``model``.
+
+    With ``strict`` any difference (missing, unexpected or differently shaped tensors) raises a
+    :class:`CheckpointError` naming the first ones, and nothing is loaded. Without it, every tensor whose
+    name and shape match is loaded and the rest is reported (fine-tuning with a changed head).
+    """
+    target = _unwrap(model)
+    own = target.state_dict()
+    given = state["model"]
+    shape_mismatch = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in given.items()
+                      if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    skipped = {k for k, _, _ in shape_mismatch}
+    report = WeightLoadReport(loaded=[k for k in given if k in own and k not in skipped], shape_mismatch=shape_mismatch,
+                              missing=[k for k in own if k not in given], unexpected=[k for k in given if k not in own],
+                              epoch=int(state.get("epoch", 0) or 0))
+    if strict and not report.complete:
+        detail = report.summary(limit=3).replace("\n", ";")
+        raise CheckpointError(f"checkpoint {path} does not fit the model ({detail}); to fine-tune from it: "
+                              "pointwin train --load-from (loads what matches)", path=path)
+    target.load_state_dict({k: given[k] for k in report.loaded}, strict=False)
+    return report
 
 
 def checkpoint_sort_key(path: Path) -> tuple[int, int]:

@@ -40,6 +40,7 @@ from . import dist
 from .checkpoint import (
     LATEST,
     CheckpointError,
+    WeightLoadReport,
     find_resume_checkpoint,
     list_checkpoints,
     load_checkpoint_file,
@@ -470,8 +471,13 @@ class Trainer:
                               f"{self.work_dir}")
         return removed
 
-    def load_weights(self, path: str | Path) -> None:
-        load_model_weights(self.model, load_checkpoint_file(path), path)
+    def load_weights(self, path: str | Path, strict: bool = True) -> WeightLoadReport:
+        """Model weights from a checkpoint; ``strict=False`` loads what matches by name and shape and prints
+        a one-screen report of the rest (fine-tuning)."""
+        report = load_model_weights(self.model, load_checkpoint_file(path), path, strict=strict)
+        if not report.complete:
+            self.logger.print(f"weights from {path}: {report.summary()}")
+        return report
 
     # ------------------------------------------------------------ training
     def _autocast(self):
