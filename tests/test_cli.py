@@ -303,3 +303,32 @@ def test_convert_official_dsvt_checkpoint(tmp_path, capsys):
     assert main(["convert", "--from", "openpcdet", str(tmp_path / "missing.pth"), "--config",
                  "configs/waymo/dsvt_pillar.yaml", "--out", str(bad)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_test_out_writes_kitti_results_that_eval_reads_back(tmp_path, capsys, one_thread):
+    """`pointwin test --out` writes the dataset's own prediction format (KITTI result files here) and
+    `pointwin eval kitti` on those files gives the metrics `pointwin test` printed (round trip)."""
+    from pointwin.config import load_config
+    from pointwin.engine.checkpoint import save_checkpoint
+    from pointwin.models import build_model
+    from tests.conftest import shared_file
+
+    root = shared_file("kitti/full/velodyne/000000.bin").parents[1]
+    sets = ["data.val.root=" + str(root), "data.val.split=null",
+            "model.point_cloud_range=[0.0, -20.48, -3.0, 40.96, 20.48, 1.0]", "model.head.score_threshold=0.0"]
+    cfg = load_config("configs/kitti/flatformer.yaml", sets)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "m.pth", build_model(cfg["model"]), epoch=3, config=cfg.dump())
+    args = [a for s in sets for a in ("--set", s)]
+    assert main(["test", "configs/kitti/flatformer.yaml", "--ckpt", str(tmp_path / "m.pth"), "--work-dir",
+                 str(tmp_path / "wd"), "--device", "cpu", "--no-progress", "--out", str(tmp_path / "pred"), *args]) == 0
+    assert "(m.pth, epoch 3)" in capsys.readouterr().out
+    tested = json.loads((tmp_path / "wd" / "eval" / "m" / "test_val_metrics.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["000000.txt", "000001.txt", "000002.txt"]
+    assert main(["eval", "kitti", "--pred", str(tmp_path / "pred"), "--gt", str(root / "label_2"),
+                 "--out", str(tmp_path / "eval.json")]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    shared = [k for k in tested if k in evaluated and isinstance(tested[k], float)]
+    assert len(shared) > 20
+    for k in shared:
+        assert tested[k] == pytest.approx(evaluated[k], abs=1e-6, nan_ok=True), k
