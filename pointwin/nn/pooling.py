@@ -149,14 +149,15 @@ class AttentionPool(nn.Module):
         v = nn.functional.linear(kv_in if pos_in_values else x, w_v, b_v).view(N, H, D)
         # The segment softmax and the weighted sum run in float32 whatever autocast does: CUDA autocast
         # runs exp in fp32 while the projections are bf16/fp16, and index_add_ needs one dtype.
-        logits = (q[parent].float() * k.float()).sum(-1)  # (N, H)
+        acc = torch.promote_types(q.dtype, torch.float32)  # float32, or float64 for float64 inputs
+        logits = (q[parent].to(acc) * k.to(acc)).sum(-1)  # (N, H)
         # softmax over the voxels of each cell; the per-cell max only stabilises it (no gradient needed)
         cell_h = parent[:, None].expand(-1, H)
         peak = logits.new_full((num_cells, H), float("-inf")).scatter_reduce(0, cell_h, logits.detach(), "amax")
-        e = torch.exp(logits - peak[parent]).float()
+        e = torch.exp(logits - peak[parent]).to(acc)
         weights = e / e.new_zeros(num_cells, H).index_add_(0, parent, e)[parent]
         weights = nn.functional.dropout(weights, self.attn.dropout, self.training)
-        out = weights.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v.float())
+        out = weights.new_zeros(num_cells, H, D).index_add_(0, parent, weights[..., None] * v.to(acc))
         out = out.view(num_cells, C).to(v.dtype)
         out = nn.functional.linear(out, self.attn.out_proj.weight, self.attn.out_proj.bias)
         return self.norm(query + out)

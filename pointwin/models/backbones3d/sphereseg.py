@@ -129,16 +129,18 @@ def contextual_rpe_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         score = score + qt[query_rows, a, rel_idx[:, a]] + kt[key_rows, a, rel_idx[:, a]]
     idx = query_rows[:, None].expand(-1, h)
     top = score.new_full((n, h), float("-inf")).scatter_reduce(0, idx, score.detach(), "amax", include_self=True)
+    # softmax and sums in fp32: index_add needs one dtype (CUDA autocast runs exp in fp32, v may be bf16/fp16)
     e = torch.exp(score - top[query_rows])
-    den = score.new_zeros(n, h).index_add(0, query_rows, e)
+    e = e.to(torch.promote_types(e.dtype, torch.float32))
+    den = e.new_zeros(n, h).index_add(0, query_rows, e)
     w = e / den[query_rows]
-    out = torch.zeros_like(v)
+    out = w.new_zeros(v.shape)
     for i in range(0, m, step):
         out = out.index_add(0, query_rows[i:i + step], w[i:i + step, :, None] * v[key_rows[i:i + step]])
     for a in range(3):
         acc = w.new_zeros(n * L, h).index_add(0, query_rows * L + rel_idx[:, a], w)
         out = out + torch.einsum("nrh,rhd->nhd", acc.view(n, L, h), table_v[:, a])
-    return out
+    return out.to(v.dtype)
 
 
 class SphereAttention(nn.Module):
