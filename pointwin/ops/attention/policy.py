@@ -154,8 +154,8 @@ def sla_launch(dtype: torch.dtype, block_d: int, block_dv: int) -> Launch:
 
     The per-program state is a (BLOCK_D, BLOCK_DV) fp32 matrix (two in the backward's dq kernel), so the
     step shrinks and the warps grow with the head dim (measured like :func:`group_launch`). Known
-    remainder: the dq kernel at head dim 64 still spills ~450 B/thread on sm_80 (none on sm_90); at 128
-    its exact-fp32 dots spill on both (see BENCHMARKS.md, "Kernel resources").
+    remainder: at head dim 128 the dq kernel's exact-fp32 dots spill ~600 B/thread for fp16/bf16 (see
+    BENCHMARKS.md, "Kernel resources").
     """
     wide = max(block_d, block_dv)
     if wide <= 16:
@@ -163,6 +163,11 @@ def sla_launch(dtype: torch.dtype, block_d: int, block_dv: int) -> Launch:
     if wide <= 32:
         return Launch(32, 256, 4, 1)
     return Launch(16, 256, 8, 1)
+
+
+def sla_state_block(block_s: int) -> int:
+    """BLOCK_S of SLA's backward dKV/ds kernel: at most 32 (64 spills 16 B on sm_80 in bf16 at head dim 16)."""
+    return min(block_s, 32)
 
 
 def interpreter_group_launch(block_m: int | None, block_n: int | None) -> Launch:

@@ -4,7 +4,10 @@ Every group's slots are cut into chunks of CHUNK slots; one program handles one 
 walking it in sub-blocks of BLOCK_S slots and reading q/k/v through ``partition.index``. Per-group
 reductions (KV = sum phi(k)^T v, s = sum phi(k), and their gradients) are accumulated in fp32 per
 chunk and combined per group with ``index_add_`` (split-K), so a window of thousands of voxels is
-spread over many programs. Outputs are written by owner slots only.
+spread over many programs. Outputs are written by owner slots only. The backward runs three kernels:
+dq (also storing each owner slot's den and dden), the chunk's dKV / ds partials from those scalars (kept
+apart from dq so that no program holds two (D, Dv) fp32 matrices: that spilled at D = 64 on sm_80), and
+per-slot dk / dv.
 
 This module imports triton at import time; import it lazily (``scattered_linear_attention`` does).
 """
@@ -24,6 +27,7 @@ from .policy import (
     pow2,
     sla_backward_precision,
     sla_launch,
+    sla_state_block,
     unify_qkv,
 )
 from .reference import SLA_EPS
@@ -108,11 +112,15 @@ def _out_kernel(Q, KV, S, O, INDEX, OWNER, CSTART, CEND, CGROUP, stride_qn, stri
 
 
 @triton.jit
-def _bwd_q_kernel(Q, KV, S, DO, DQ, PDKV, PDS, INDEX, OWNER, CSTART, CEND, CGROUP,
+def _bwd_q_kernel(Q, KV, S, DO, DQ, SCAL, INDEX, OWNER, CSTART, CEND, CGROUP,
                   stride_qn, stride_qh, stride_don, stride_doh, stride_dqn, stride_dqh, eps, D, DV,
                   CHUNK: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                   PREC: tl.constexpr):
-    """dq at owner slots, and the chunk's partial dKV = sum phi(q)^T dnum, ds = sum dden phi(q)."""
+    """dq at owner slots, and per slot den = phi(q) . s + eps and dden = -(do . num) / den^2 -> SCAL[slot, h].
+
+    The chunk's dKV / ds partials are summed by _bwd_state_kernel from these two scalars: one kernel
+    holding both the group's KV and a dKV accumulator (two (D, DV) fp32 matrices) spilled at D = 64.
+    """
     pid = tl.program_id(0)
     h = tl.program_id(1)
     H = tl.num_programs(1)
@@ -126,8 +134,6 @@ def _bwd_q_kernel(Q, KV, S, DO, DQ, PDKV, PDS, INDEX, OWNER, CSTART, CEND, CGROU
     gbase = g * H + h
     kv = tl.load(KV + gbase * BLOCK_D * BLOCK_DV + offs_d[:, None] * BLOCK_DV + offs_e[None, :])
     s = tl.load(S + gbase * BLOCK_D + offs_d)
-    dkv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
-    ds = tl.zeros([BLOCK_D], tl.float32)
     for sstart in range(start, stop, BLOCK_S):
         offs = sstart + tl.arange(0, BLOCK_S)
         mask = offs < stop
@@ -146,8 +152,41 @@ def _bwd_q_kernel(Q, KV, S, DO, DQ, PDKV, PDS, INDEX, OWNER, CSTART, CEND, CGROU
         dq = tl.where(q > 0, dpq, 0.0)
         tl.store(DQ + vox[:, None] * stride_dqn + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
                  mask=mask[:, None] & d_mask[None, :])
-        dkv += tl.dot(tl.trans(pq), dnum, input_precision=PREC)
-        ds += tl.sum(dden[:, None] * pq, 0)
+        tl.store(SCAL + (offs * H + h) * 2, den, mask=mask)
+        tl.store(SCAL + (offs * H + h) * 2 + 1, dden, mask=mask)
+
+
+@triton.jit
+def _bwd_state_kernel(Q, DO, SCAL, PDKV, PDS, INDEX, OWNER, CSTART, CEND,
+                      stride_qn, stride_qh, stride_don, stride_doh, D, DV,
+                      CHUNK: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+                      PREC: tl.constexpr):
+    """The chunk's partial dKV = sum phi(q)^T (do / den) and ds = sum dden phi(q) over its owner slots."""
+    pid = tl.program_id(0)
+    h = tl.program_id(1)
+    H = tl.num_programs(1)
+    start = tl.load(CSTART + pid)
+    stop = tl.minimum(start + CHUNK, tl.load(CEND + pid))
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_e = tl.arange(0, BLOCK_DV)
+    d_mask = offs_d < D
+    e_mask = offs_e < DV
+    dkv = tl.zeros([BLOCK_D, BLOCK_DV], tl.float32)
+    ds = tl.zeros([BLOCK_D], tl.float32)
+    for sstart in range(start, stop, BLOCK_S):
+        offs = sstart + tl.arange(0, BLOCK_S)
+        mask = offs < stop
+        vox = tl.load(INDEX + offs, mask=mask, other=0).to(tl.int64)
+        mask = mask & (tl.load(OWNER + vox, mask=mask, other=-1) == offs)
+        qt = tl.load(Q + vox[None, :] * stride_qn + h * stride_qh + offs_d[:, None],
+                     mask=d_mask[:, None] & mask[None, :], other=0.0).to(tl.float32)
+        do = tl.load(DO + vox[:, None] * stride_don + h * stride_doh + offs_e[None, :],
+                     mask=mask[:, None] & e_mask[None, :], other=0.0).to(tl.float32)
+        den = tl.load(SCAL + (offs * H + h) * 2, mask=mask, other=1.0)
+        dden = tl.load(SCAL + (offs * H + h) * 2 + 1, mask=mask, other=0.0)
+        pqt = tl.maximum(qt, 0.0)
+        dkv += tl.dot(pqt, do / den[:, None], input_precision=PREC)
+        ds += tl.sum(pqt * dden[None, :], 1)
     base = pid * H + h
     tl.store(PDKV + base * BLOCK_D * BLOCK_DV + offs_d[:, None] * BLOCK_DV + offs_e[None, :], dkv)
     tl.store(PDS + base * BLOCK_D + offs_d, ds)
@@ -261,11 +300,16 @@ class _SLA(torch.autograd.Function):
         pds = torch.empty(C, H, BD, device=q.device, dtype=torch.float32)
         dk_slot = torch.zeros(M, H, D, device=q.device, dtype=torch.float32)
         dv_slot = torch.zeros(M, H, DV, device=q.device, dtype=torch.float32)
+        scal = torch.empty(M, H, 2, device=q.device, dtype=torch.float32)  # den, dden per slot and head
         if C:
-            _bwd_q_kernel[(C, H)](q, kv, s, dout, dq, pdkv, pds, index, owner, cs, ce, grp,
+            _bwd_q_kernel[(C, H)](q, kv, s, dout, dq, scal, index, owner, cs, ce, grp,
                                   q.stride(0), q.stride(1), dout.stride(0), dout.stride(1), dq.stride(0),
                                   dq.stride(1), eps, D, DV, CHUNK=chunk, BLOCK_S=block_s, BLOCK_D=BD,
                                   BLOCK_DV=BDV, PREC=prec, **launch)
+            _bwd_state_kernel[(C, H)](q, dout, scal, pdkv, pds, index, owner, cs, ce, q.stride(0), q.stride(1),
+                                      dout.stride(0), dout.stride(1), D, DV, CHUNK=chunk,
+                                      BLOCK_S=sla_state_block(block_s), BLOCK_D=BD, BLOCK_DV=BDV, PREC=prec,
+                                      **launch)
             dkv, ds = _combine(pdkv, grp, G), _combine(pds, grp, G)
             _bwd_kv_kernel[(C, H)](k, v, dkv, ds, dk_slot, dv_slot, index, kp, cs, ce, grp,
                                    k.stride(0), k.stride(1), v.stride(0), v.stride(1), dk_slot.stride(0),
