@@ -279,6 +279,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.close()
         if info.is_main and metrics:
             print_metrics(metrics, "validation")
+        # every rank leaves together: a rank tearing gloo down while its peer still runs can abort (SIGABRT)
+        dist.barrier()
     finally:
         dist.cleanup()
     return 0
@@ -324,6 +326,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         if info.is_main and args.out is not None:
             path = writer(trainer.last_results, args.out)
             print(f"predictions written to {path}")
+        dist.barrier()
     finally:
         dist.cleanup()
     return 0
