@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from ...partition.base import Partition
-from .policy import unify_qkv
+from .policy import auto_uses_triton, unify_qkv
 from .reference import check_qkv, group_attention_equal, group_attention_varlen
 
 BACKENDS = ("auto", "torch", "triton")
@@ -51,7 +51,7 @@ def group_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, partition
     check_qkv(q, k, v, partition, "group_attention")
     q, k, v = unify_qkv(q, k, v, "group_attention")  # one dtype for every path (see policy.py)
     use_triton = backend == "triton" or (
-        backend == "auto" and partition.size is None and q.is_cuda and dropout_p == 0.0 and pair_bias is None
+        backend == "auto" and partition.size is None and auto_uses_triton(q) and dropout_p == 0.0 and pair_bias is None
         and triton_available())
     if use_triton:
         if dropout_p != 0.0:

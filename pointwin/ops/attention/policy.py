@@ -63,6 +63,28 @@ def fp32_precision(precision: str):
         set_fp32_precision(before)
 
 
+_triton_on_cpu = False
+
+
+@contextmanager
+def triton_on_cpu(enabled: bool = True):
+    """Inside this context ``backend="auto"`` picks the Triton kernels for CPU tensors too when the Triton
+    interpreter is on (tests run whole models through the kernels' code paths this way)."""
+    global _triton_on_cpu
+    before = _triton_on_cpu
+    _triton_on_cpu = enabled
+    try:
+        yield
+    finally:
+        _triton_on_cpu = before
+
+
+def auto_uses_triton(t: torch.Tensor) -> bool:
+    """Whether ``backend="auto"`` may use a Triton kernel for tensors like ``t``: on CUDA, or on the CPU under
+    the interpreter inside :func:`triton_on_cpu`."""
+    return t.is_cuda or (_triton_on_cpu and interpreted())
+
+
 def dot_precision(dtype: torch.dtype, precision: str | None = None) -> str:
     """``input_precision`` of the kernels' ``tl.dot`` calls for inputs of ``dtype``.
 

@@ -6,7 +6,7 @@ import torch
 
 from ...partition.base import Partition
 from .group_attention import triton_available
-from .policy import unify_qkv
+from .policy import auto_uses_triton, unify_qkv
 from .reference import SLA_EPS, check_qkv, scattered_linear_attention_reference
 
 BACKENDS = ("auto", "torch", "triton")
@@ -33,7 +33,7 @@ def scattered_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         raise ValueError(f"scattered_linear_attention: backend must be one of {BACKENDS}, got {backend!r}")
     check_qkv(q, k, v, partition, "scattered_linear_attention")
     q, k, v = unify_qkv(q, k, v, "scattered_linear_attention")  # one dtype for every path (policy.py)
-    if backend == "triton" or (backend == "auto" and q.is_cuda and triton_available()):
+    if backend == "triton" or (backend == "auto" and auto_uses_triton(q) and triton_available()):
         from .triton_sla import scattered_linear_attention_triton  # lazy: triton is optional
 
         return scattered_linear_attention_triton(q, k, v, partition, eps)
