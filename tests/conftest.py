@@ -57,3 +57,11 @@ def _seed() -> None:
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def Polygon(*args, **kwargs):  # shapely's name, so reference code reads the same
+    """``shapely.geometry.Polygon``, imported when a test first needs it: the test files that use shapely
+    references still collect (and their other tests, e.g. the CUDA ones, still run) without the dev extras;
+    the tests that need it skip with the reason."""
+    return pytest.importorskip("shapely.geometry", reason="shapely (dev extra) is not installed").Polygon(*args,
+                                                                                                          **kwargs)

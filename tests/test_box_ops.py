@@ -8,12 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon
 
 from pointwin.ops import boxes_iou3d, boxes_iou_bev, boxes_overlap_bev, circle_nms, nms_bev, points_in_boxes
 from pointwin.structures import Boxes3D
 
-from .conftest import requires_cuda, shared_file
+from .conftest import Polygon, requires_cuda, shared_file
 
 BACKENDS = ["numba", "torch"]
 

@@ -26,10 +26,7 @@ from pointwin.evaluation.kitti import (
     score_cutoffs,
 )
 from pointwin.ops import boxes_iou3d, boxes_iou_bev
-from tests.conftest import shared_file
-
-shapely = pytest.importorskip("shapely")
-from shapely.geometry import Polygon  # noqa: E402
+from tests.conftest import Polygon, shared_file
 
 
 def car(x: float, z: float, *, height: float = 50.0, occ: int = 0, trunc: float = 0.0, ry: float = 0.0,

@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
-from shapely.geometry import Polygon
 
 from pointwin.evaluation.detection import (
     SCORE_CUTOFFS,
@@ -32,7 +31,7 @@ from pointwin.evaluation.waymo import (
     upright_iou3d_pairs,
     write_predictions,
 )
-from tests.conftest import shared_file
+from tests.conftest import Polygon, shared_file
 
 # Printed by compute_detection_metrics_main on fake_predictions.bin / fake_ground_truths.bin
 # (header comment of waymo-open-dataset src/waymo_open_dataset/metrics/tools/compute_detection_metrics_main.cc).

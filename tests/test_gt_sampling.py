@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon
 
 from pointwin.datasets._geometry import bev_corners, bev_overlap
 from pointwin.datasets.base import PointDataset
@@ -16,6 +15,8 @@ from pointwin.datasets.synthetic import LidarConfig, SceneConfig, SyntheticDatas
 from pointwin.datasets.transforms import build_transform
 from pointwin.ops import points_in_boxes
 from pointwin.structures import Boxes3D, Sample
+
+from .conftest import Polygon
 
 CH = ("x", "y", "z", "intensity")
 

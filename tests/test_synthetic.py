@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from shapely.geometry import Polygon
 
 from pointwin.datasets import _raycast as rc
 from pointwin.datasets._geometry import bev_corners
@@ -21,6 +20,8 @@ from pointwin.datasets.synthetic import (
     generate_scene,
     with_lidar,
 )
+
+from .conftest import Polygon
 
 # a coarse sensor keeps the tests fast; the geometry code paths are the same
 SMALL = SceneConfig(lidar=LidarConfig(num_beams=32, azimuth_resolution=0.4))
