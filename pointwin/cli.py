@@ -41,7 +41,8 @@ def _common(parser: argparse.ArgumentParser, work_dir: bool = True) -> None:
                    help="override a config value, e.g. --set train.epochs=3 (repeatable; +key=value adds a key)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     g.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    g.add_argument("--amp", action="store_true", help="mixed precision (bf16/fp16 autocast) on CUDA")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision on CUDA (= train.amp: auto: bf16 autocast where supported, else fp16)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -278,3 +278,25 @@ def test_dataset_evaluator_prefers_dataset_method_and_detection_fallback():
     with pytest.raises(ConfigError, match="eval.type"):
         dataset_evaluator(ds, {"type": "bogus"})
     assert dataset_evaluator(object()) is None
+
+
+def test_amp_modes(monkeypatch):
+    """train.amp: auto = bf16 autocast where the GPU supports it (else fp16 with the GradScaler), explicit
+    bf16 / fp16, float32 on the CPU; anything else is a config error naming the key."""
+    from pointwin.engine import TrainSettings
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert TrainSettings.from_config({"amp": "auto"}).amp_dtype(cuda) == torch.bfloat16
+    assert TrainSettings.from_config({"amp": True}).amp_dtype(cuda) == torch.bfloat16
+    assert TrainSettings.from_config({"amp": "fp16"}).amp_dtype(cuda) == torch.float16
+    assert TrainSettings.from_config({"amp": "auto"}).amp_dtype(cpu) is None
+    assert TrainSettings.from_config({}).amp_dtype(cuda) is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a V100 / T4
+    assert TrainSettings.from_config({"amp": "auto"}).amp_dtype(cuda) == torch.float16
+    assert TrainSettings.from_config({"amp": "bf16"}).amp_dtype(cuda) == torch.bfloat16
+    from pointwin.config import ConfigError
+
+    for bad in ("half", [1], 3):
+        with pytest.raises(ConfigError, match="train.amp must be one of"):
+            TrainSettings.from_config({"amp": bad})

@@ -49,6 +49,9 @@ from .checkpoint import (
     set_rng_state,
 )
 
+#: train.amp values -> None (float32) / "auto" / "bf16" / "fp16"
+AMP_MODES = {False: None, True: "auto", "auto": "auto", "bf16": "bf16", "fp16": "fp16", "false": None, "off": None}
+
 #: Final names of the files a run writes into its work dir (their stale temporaries are removed at start).
 _WORK_DIR_FILES = re.compile(r"latest\.pth|epoch_\d+(_iter_\d+)?\.pth|config\.yaml|metrics_epoch_\d+\.json"
                              r"|log\.jsonl|test_\w+_metrics\.json")
@@ -77,7 +80,9 @@ class TrainSettings:
     warmup_iters: int = 0  # cosine: linear warm-up steps
     min_lr_ratio: float = 1e-3  # cosine: final lr = lr * min_lr_ratio
     grad_clip: float = 10.0  # max grad norm; 0 disables
-    amp: bool = False  # autocast (bf16 where supported, else fp16 + GradScaler); CUDA only
+    # mixed precision on CUDA: false | true / "auto" (bf16 autocast where the GPU supports it, else fp16 +
+    # GradScaler) | "bf16" | "fp16"; float32 on the CPU whatever the setting
+    amp: bool | str = False
     grad_checkpoint: bool = False
     sync_bn: bool = False
     find_unused_parameters: bool = False
@@ -103,7 +108,18 @@ class TrainSettings:
             raise ConfigError(f"train.epochs and train.batch_size must be >= 1, got {s.epochs}, {s.batch_size}")
         if not (isinstance(s.lr, (int, float)) and math.isfinite(s.lr) and s.lr > 0):
             raise ConfigError(f"train.lr must be a finite number > 0, got {s.lr!r}", key="train.lr")
+        if not (isinstance(s.amp, (bool, str)) and s.amp in AMP_MODES):
+            raise ConfigError(f"train.amp must be one of false, true, auto, bf16, fp16; got {s.amp!r}", key="train.amp")
         return s
+
+    def amp_dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype of ``amp`` on ``device`` (None: float32)."""
+        mode = AMP_MODES[self.amp]
+        if mode is None or device.type != "cuda":
+            return None
+        if mode == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
 # ---------------------------------------------------------------- schedules
@@ -346,12 +362,9 @@ class Trainer:
         self.model = model.to(self.device)
         if settings.grad_checkpoint:
             enable_grad_checkpointing(model)
-        self.amp_dtype: torch.dtype | None = None
-        if settings.amp:
-            if self.device.type != "cuda":
-                warnings.warn("--amp is only used on CUDA; training in float32 on the CPU", stacklevel=2)
-            else:
-                self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = settings.amp_dtype(self.device)
+        if AMP_MODES[settings.amp] not in (None, "auto") and self.device.type != "cuda":
+            warnings.warn("train.amp is only used on CUDA; training in float32 on the CPU", stacklevel=2)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
         self.train_loader: DataLoader | None = None
