@@ -191,22 +191,25 @@ def load_predictor(source: str | os.PathLike, device: str | torch.device = "auto
     return Predictor(model, cfg, _device(device), str(path))
 
 
+def _load_for(task: str, source, device, config, overrides) -> Predictor:
+    predictor = load_predictor(source, device, config, overrides)
+    if predictor.task != task:
+        other = "load_segmentor" if task == "detection" else "load_detector"
+        raise ValueError(f"{source} holds a {type(predictor.model).__name__}, not a "
+                         f"{'detector' if task == 'detection' else 'segmentor'}: use {other}")
+    return predictor
+
+
 def load_detector(source: str | os.PathLike, device: str | torch.device = "auto",
                   config: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Predictor:
     """A detector ready for :meth:`Predictor.predict` (see :func:`load_predictor`)."""
-    predictor = load_predictor(source, device, config, overrides)
-    if predictor.task != "detection":
-        raise ValueError(f"{source} holds a {type(predictor.model).__name__}, not a detector: use load_segmentor")
-    return predictor
+    return _load_for("detection", source, device, config, overrides)
 
 
 def load_segmentor(source: str | os.PathLike, device: str | torch.device = "auto",
                    config: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Predictor:
     """A segmentor ready for :meth:`Predictor.predict` (see :func:`load_predictor`)."""
-    predictor = load_predictor(source, device, config, overrides)
-    if predictor.task != "segmentation":
-        raise ValueError(f"{source} holds a {type(predictor.model).__name__}, not a segmentor: use load_detector")
-    return predictor
+    return _load_for("segmentation", source, device, config, overrides)
 
 
 __all__ = ["DetectionResult", "Predictor", "SegmentationResult", "load_detector", "load_predictor", "load_segmentor"]
