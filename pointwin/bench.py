@@ -1,9 +1,10 @@
-"""``pointwin bench``: run the benchmark scripts of ``benchmarks/`` and write their tables into BENCHMARKS.md.
+"""``pointwin bench``: run the benchmark scripts of ``benchmarks/``, print their tables (``--out FILE``: write them).
 
 Suites: ``e2e`` (per-stage latency, peak memory, forward and training step per model and input),
 ``baselines`` (SST-style padding, per-window loop, a sparse-conv CenterPoint backbone, side by side) and
 ``scaling`` (latency / memory against the number of voxels, with a PNG plot and fitted exponents).
-Each suite replaces its own marked section of the output Markdown file and leaves the others alone.
+With ``--out`` (e.g. ``BENCHMARKS.md``) each suite replaces its own marked section of that Markdown file and leaves
+the others alone; without it nothing is written, so a run elsewhere never overwrites the repository's file.
 
 The scripts live in the source checkout (``benchmarks/`` next to the package); an installed wheel
 without them gets a clear error.
@@ -42,7 +43,7 @@ def _module(name: str):
 def run_bench(suites: Sequence[str] = ("e2e",), *, configs: Sequence[str | Path] = (),
               models: Sequence[str] | None = None, inputs: Sequence[str | Path] = (), device: str = "auto",
               warmup: int = 1, repeats: int = 3, quick: bool = False, train: bool = True, threads: int = 2,
-              out: str | Path | None = "BENCHMARKS.md", log=print) -> dict[str, str]:
+              out: str | Path | None = None, log=print) -> dict[str, str]:
     """Run ``suites`` and write each one's Markdown section into ``out`` (None: do not write).
 
     Returns ``{suite: markdown section}``. ``quick`` runs the small synthetic configs (or the given
@@ -89,7 +90,7 @@ def bench_main(args: argparse.Namespace) -> int:
               inputs=inputs, device=getattr(args, "device", "auto") or "auto", warmup=getattr(args, "warmup", 1),
               repeats=getattr(args, "repeats", 3), quick=getattr(args, "quick", False),
               train=not getattr(args, "no_train", False), threads=getattr(args, "threads", 2) or 2,
-              out=getattr(args, "out", "BENCHMARKS.md"))
+              out=getattr(args, "out", None))
     return 0
 
 
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-train", action="store_true")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
+    p.add_argument("--out", type=Path, default=None, help="Markdown file to write into (default: print only)")
     return bench_main(p.parse_args(argv))
 
 

@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads")
     p.add_argument("--no-train", action="store_true", help="skip the training-step timing")
     p.add_argument("--quick", action="store_true", help="small configs, one timed repeat")
-    p.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="Markdown file to write the tables into")
+    p.add_argument("--out", type=Path, default=None,
+                   help="Markdown file to write the tables into (its sections replaced, the rest kept), e.g. "
+                        "BENCHMARKS.md; default: print them only")
     _common(p, work_dir=False)
     return parser
 

@@ -8,9 +8,9 @@ instead of merging into it.
 Example::
 
     # configs/synthetic/flatformer_tiny.yaml
-    _base_: [../_base_/synthetic.yaml, ../_base_/schedule_short.yaml]
+    _base_: [../_base_/synthetic.yaml, ../_base_/schedule_cpu.yaml]
     model:
-      backbone: {type: FlatFormer, channels: 64}
+      backbone: {type: FlatFormer, channels: 32, num_heads: 2, num_blocks: 1, window: [8, 8], group_size: 64}
 
     cfg = load_config("configs/synthetic/flatformer_tiny.yaml", overrides=["train.epochs=3"])
     print(cfg.dump())          # the exact config the run used, as YAML
