@@ -100,6 +100,38 @@ def test_sparse_voxels_cache_is_shared_and_built_once():
     assert other.feats[1].tolist() == [4.0, 6.0] and other.coords is sv.coords
 
 
+def test_sparse_voxels_replace_reads_nothing_back_and_checks_the_shape():
+    """replace() inside a forward: no host synchronisation (no .item() / .tolist() / bool() of a tensor, counted
+    with a TorchDispatchMode on aten._local_scalar_dense), the new features' shape checked, every field kept;
+    non-finite features pass through to the loss (the trainer's skip logic) instead of raising mid-forward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountSyncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.syncs = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                self.syncs += 1
+            return func(*args, **(kwargs or {}))
+
+    sv = SparseVoxels(torch.randn(3, 2), torch.tensor([[0, 0, 1, 2], [0, 0, 3, 4], [1, 0, 0, 0]], dtype=torch.int32),
+                      (1, 8, 8), 2, (0.5, 0.5, 4.0), (0.0, 0.0, -2.0))
+    new = torch.full((3, 5), float("nan"))
+    with CountSyncs() as mode:
+        out = sv.replace(new)
+    assert mode.syncs == 0
+    with CountSyncs() as mode:  # the constructor from outside data does validate (and reads back)
+        SparseVoxels(sv.feats, sv.coords, sv.spatial_shape, 2)
+    assert mode.syncs > 0
+    assert out.feats is new and out.coords is sv.coords and out.cache is sv.cache
+    assert (out.spatial_shape, out.batch_size, out.voxel_size, out.origin) == ((1, 8, 8), 2, (0.5, 0.5, 4.0),
+                                                                               (0.0, 0.0, -2.0))
+    with pytest.raises(ValueError, match=r"feats must be \(3, C\) like the coords, got \(2, 5\)"):
+        sv.replace(torch.zeros(2, 5))
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"coords": torch.zeros(3, 4, dtype=torch.int64)}, r"SparseVoxels.coords must have dtype in \(int32\)"),
     ({"coords": torch.zeros(3, 3, dtype=torch.int32)}, r"last dimension in \(4,\)"),

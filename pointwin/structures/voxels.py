@@ -73,9 +73,20 @@ class SparseVoxels:
         return self.coords[:, 0].long()
 
     def replace(self, feats: torch.Tensor) -> SparseVoxels:
-        """Same voxels, new features; the cache is shared (it depends on coords only)."""
-        return SparseVoxels(feats, self.coords, self.spatial_shape, self.batch_size, self.voxel_size,
-                            self.origin, self.cache)
+        """Same voxels, new features; the cache is shared (it depends on coords only).
+
+        The coordinates were validated when this object was built, so only the new features' shape is
+        checked: no full read of the tensors and no host synchronisation per call (a forward calls this
+        dozens of times). Non-finite values pass through to the loss, where the trainer's skip logic sees them.
+        """
+        if feats.ndim != 2 or feats.shape[0] != self.coords.shape[0]:
+            raise ValueError(f"SparseVoxels.replace: feats must be ({self.coords.shape[0]}, C) like the coords, got "
+                             f"{tuple(feats.shape)}")
+        out = object.__new__(SparseVoxels)
+        out.feats, out.coords, out.spatial_shape, out.batch_size = feats, self.coords, self.spatial_shape, \
+            self.batch_size
+        out.voxel_size, out.origin, out.cache = self.voxel_size, self.origin, self.cache
+        return out
 
     def cached(self, key: Hashable, build: Callable[[], Any]) -> Any:
         """Return ``cache[key]``, computing it with ``build()`` (outside autograd) the first time."""
