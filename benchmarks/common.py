@@ -249,6 +249,18 @@ def resolve_device(name: str | None) -> torch.device:
 # Inputs
 
 
+def shrunk_model(model: dict, cells: int = 32) -> dict:
+    """A ``model`` config section with its grid cut to ``cells`` x ``cells`` around the sensor (voxel sizes, z
+    range, channels, windows and every other setting unchanged), so the Waymo / nuScenes models run in seconds
+    on a CPU; the head's centre range follows. Changes and returns ``model``."""
+    r, v = model["point_cloud_range"], model["voxel_size"]
+    half = v[0] * cells / 2
+    model["point_cloud_range"] = [-half, -half, r[2], half, half, r[5]]
+    if "head" in model and "post_center_range" in model["head"]:
+        model["head"]["post_center_range"] = [-half - 5, -half - 5, -10, half + 5, half + 5, 10]
+    return model
+
+
 def load_cloud(path: str | Path, columns: int | None = None, dtype: str | None = None) -> np.ndarray:
     """(N, C) float32 array from a raw LiDAR ``.bin``.
 

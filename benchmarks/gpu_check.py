@@ -223,13 +223,7 @@ DRY_CONFIGS = ["synthetic/dsvt_pillar_tiny.yaml", "synthetic/ptv3_seg.yaml"]  # 
 def _shrunk(path: Path) -> dict:
     from pointwin.config import load_config
 
-    model = load_config(path)["model"]
-    r, v = model["point_cloud_range"], model["voxel_size"]
-    half = v[0] * 16  # 32 x 32 cells
-    model["point_cloud_range"] = [-half, -half, r[2], half, half, r[5]]
-    if "head" in model and "post_center_range" in model["head"]:
-        model["head"]["post_center_range"] = [-half - 5, -half - 5, -10, half + 5, half + 5, 10]
-    return model
+    return common.shrunk_model(load_config(path)["model"])
 
 
 def _batch(model, cfg: dict, device: torch.device, points: int):

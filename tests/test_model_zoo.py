@@ -12,22 +12,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from pointwin.bench import benchmarks_dir
 from pointwin.config import load_config
 from pointwin.models import Detector, Segmentor, build_model
 from pointwin.structures import Batch, Boxes3D, Points
+
+benchmarks_dir()  # the benchmark helpers import as top-level modules
+import common  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if "_base_" not in p.parts)
 
 
 def shrunk(cfg):
-    model = cfg["model"]
-    r, v = model["point_cloud_range"], model["voxel_size"]
-    half = v[0] * 16  # 32 x 32 cells
-    model["point_cloud_range"] = [-half, -half, r[2], half, half, r[5]]
-    if "head" in model and "post_center_range" in model["head"]:
-        model["head"]["post_center_range"] = [-half - 5, -half - 5, -10, half + 5, half + 5, 10]
-    return model
+    """The config's model section on a 32 x 32-cell grid (benchmarks/common.py, shared with gpu_check.py)."""
+    return common.shrunk_model(cfg["model"])
 
 
 def tiny_batch(model, cfg_model, seed=0) -> Batch:
