@@ -319,18 +319,16 @@ def check_graph(model, name: str = "graph") -> list[Problem]:
 
 
 def _constant_value(model, name: str):
+    """The first element of the initializer or ``Constant`` output called ``name``; None if not constant."""
     import onnx.numpy_helper as nh
 
-    for t in model.graph.initializer:
-        if t.name == name:
-            return nh.to_array(t).reshape(-1)[0] if nh.to_array(t).size else None
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.output and n.output[0] == name:
-            for a in n.attribute:
-                if a.name == "value":
-                    arr = nh.to_array(a.t)
-                    return arr.reshape(-1)[0] if arr.size else None
-    return None
+    tensors = [t for t in model.graph.initializer if t.name == name]
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" and n.output and n.output[0] == name
+                for a in n.attribute if a.name == "value"]
+    if not tensors:
+        return None
+    arr = nh.to_array(tensors[0])
+    return arr.reshape(-1)[0] if arr.size else None
 
 
 def check_profile(graphs: dict[str, str | Path], shapes: dict[str, dict[str, tuple]]) -> list[Problem]:
