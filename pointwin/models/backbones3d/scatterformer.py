@@ -51,6 +51,13 @@ def _windows(voxels: SparseVoxels, window: int):
     return voxels.cached(("bev_windows", window, 0), lambda: bev_windows(voxels.coords, window))
 
 
+def _run(module: nn.Module, voxels: SparseVoxels, checkpointed: bool) -> SparseVoxels:
+    """``module(voxels)`` (same coords in and out), with activation checkpointing over the features if asked."""
+    if not checkpointed:
+        return module(voxels)
+    return voxels.replace(checkpoint(lambda f: module(voxels.replace(f)).feats, voxels.feats, use_reentrant=False))
+
+
 class SparseBasicBlock3d(nn.Module):
     """Sparse residual block: relu(x + BN(conv(relu(BN(conv(x)))))) with 3x3x3 submanifold convs (with bias).
 
@@ -171,12 +178,7 @@ class ScatterFormerStage(nn.Module):
 
     def forward(self, voxels: SparseVoxels) -> SparseVoxels:
         for layer in self.layers:
-            if self.grad_checkpointing and self.training:
-                v = voxels
-                voxels = v.replace(checkpoint(lambda f, m=layer, v=v: m(v.replace(f)).feats, v.feats,
-                                              use_reentrant=False))
-            else:
-                voxels = layer(voxels)
+            voxels = _run(layer, voxels, self.grad_checkpointing and self.training)
         voxels = voxels.replace(self.norm(voxels.feats))
         return voxels if self.down is None else self.down(voxels)
 
@@ -386,12 +388,7 @@ class ScatterFormerLite(nn.Module):
             if s > 0:
                 voxels = self.z_pools[s - 1](voxels)
             for block in blocks:
-                if self.grad_checkpointing and self.training:
-                    v = voxels
-                    voxels = v.replace(checkpoint(lambda f, b=block, v=v: b(v.replace(f)).feats, v.feats,
-                                                  use_reentrant=False))
-                else:
-                    voxels = block(voxels)
+                voxels = _run(block, voxels, self.grad_checkpointing and self.training)
         if self.height_pool and voxels.spatial_shape[0] > 1:
             if self.final_pool is None:
                 raise RuntimeError("ScatterFormerLite: call output_grid(input spatial_shape) once before forward "
